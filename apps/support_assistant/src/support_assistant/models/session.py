@@ -1,0 +1,109 @@
+"""ONNX Runtime session factory shared by every model in the app.
+
+One place decides the execution provider and the thread budget, so that the reranker and the
+generator behave the same and a response can report which provider really ran the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+PROVIDERS_ENV = "SUPPORT_ASSISTANT_ORT_PROVIDERS"
+THREADS_ENV = "SUPPORT_ASSISTANT_ORT_THREADS"
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+# ORT severity levels: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal. Warnings such as "some nodes
+# were not assigned to the preferred execution providers" are expected with CUDA (shape ops stay on
+# CPU by design) and would be printed once per replica start, so only errors get through.
+_ORT_LOG_LEVEL = 3
+
+ort.set_default_logger_severity(_ORT_LOG_LEVEL)
+
+
+def choose_providers(available: list[str] | None = None, env: dict[str, str] | None = None) -> list[str]:
+    """The provider list to ask ORT for, best first.
+
+    An explicit `SUPPORT_ASSISTANT_ORT_PROVIDERS` wins; naming a provider this onnxruntime build
+    does not have is an error rather than a silent fallback, since an operator who forces CUDA
+    wants to know when the image cannot do it.
+    """
+    available = list(ort.get_available_providers() if available is None else available)
+    env = os.environ if env is None else env
+    raw = env.get(PROVIDERS_ENV, "").strip()
+    if raw:
+        requested = [p.strip() for p in raw.split(",") if p.strip()]
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ValueError(
+                f"{PROVIDERS_ENV} asks for {', '.join(missing)}, which this onnxruntime build does not "
+                f"provide (available: {', '.join(available)})"
+            )
+        return requested
+    # Only CUDA or CPU by default: other providers present in stock wheels (e.g. Azure) are remote
+    # or experimental and must be opted into explicitly.
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+def intra_op_threads(env: dict[str, str] | None = None) -> int:
+    """Threads per session: 1 unless overridden, because several replicas share few cores and
+    oversubscription costs more than a single replica gains from intra-op parallelism."""
+    env = os.environ if env is None else env
+    raw = env.get(THREADS_ENV, "").strip()
+    if not raw:
+        return 1
+    try:
+        threads = int(raw)
+    except ValueError:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}") from None
+    if threads < 1:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}")
+    return threads
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    threads = intra_op_threads() if threads is None else threads
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = _ORT_LOG_LEVEL
+    # Spinning workers burn a core while idle; with replicas sharing cores that steals time from
+    # the neighbours, so idle threads sleep instead.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def make_session(
+    path: str | Path, *, providers: list[str] | None = None, threads: int | None = None
+) -> ort.InferenceSession:
+    """Create an inference session for `path` on the best available provider.
+
+    Create one per model per process and reuse it: session creation parses and optimises the
+    whole graph.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    wanted = choose_providers() if providers is None else providers
+    session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=wanted)
+    active = active_provider(session)
+    if active != wanted[0]:
+        # ORT falls back silently when e.g. the CUDA libraries are missing at runtime; say so once.
+        logger.warning("onnx session %s: wanted %s, running on %s", path.name, wanted[0], active)
+    else:
+        logger.info("onnx session %s: running on %s", path.name, active)
+    return session
+
+
+def active_provider(session: ort.InferenceSession) -> str:
+    """The provider that runs the model (the first one ORT actually registered)."""
+    return session.get_providers()[0]

@@ -1,0 +1,1 @@
+"""Tooling for this GitOps repository: render overlays, validate, diff, serve-config, promote."""
