@@ -42,10 +42,10 @@ def _load_config(model_dir: Path) -> dict[str, Any]:
 def _load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     tokenizer = Tokenizer.from_file(str(path))
     # tokenizer.json files often carry export-time settings (fixed-length padding to 128 in
-    # all-MiniLM-L6-v2's case); pad to the longest in the batch and cut at the model limit instead.
+    # all-MiniLM-L6-v2's case). Truncate at the model limit and pad per batch ourselves, so each
+    # text is tokenized once and batches pad only to their own longest member.
     tokenizer.enable_truncation(max_length=max_length)
-    pad_id = tokenizer.token_to_id("[PAD]")
-    tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]" if pad_id is not None else "")
+    tokenizer.no_padding()
     return tokenizer
 
 
@@ -63,6 +63,8 @@ class _OnnxEncoderBase:
         self.max_length = int(self.config.get("max_length", default_max_length))
         self.max_batch_size = max_batch_size
         self.tokenizer = _load_tokenizer(self.model_dir / "tokenizer.json", self.max_length)
+        pad = self.tokenizer.token_to_id("[PAD]")
+        self.pad_id = int(self.config.get("pad_token_id", 0 if pad is None else pad))
         self.session = make_session(self.model_dir / "model.onnx")
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._output_names = [o.name for o in self.session.get_outputs()]
@@ -72,12 +74,17 @@ class _OnnxEncoderBase:
         return active_provider(self.session)
 
     def _feed(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
-        feed = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        # Some exports drop token_type_ids (models with a single segment); feed what the graph takes.
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[row, :n] = e.ids
+            mask[row, :n] = 1
+            types[row, :n] = e.type_ids
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        # Some exports drop token_type_ids (single-segment models); feed what the graph takes.
         return {k: v for k, v in feed.items() if k in self._input_names}
 
     def _batches(self, lengths: Sequence[int]) -> list[np.ndarray]:
@@ -100,7 +107,8 @@ class BiEncoder(_OnnxEncoderBase):
 
     @property
     def dim(self) -> int:
-        return int(self.config.get("hidden_size", self.session.get_outputs()[-1].shape[-1]))
+        # Exports may record hidden_size as null; the graph's output shape is the fallback.
+        return int(self.config.get("hidden_size") or self.session.get_outputs()[-1].shape[-1])
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 embeddings, one row per text, in input order."""
@@ -109,11 +117,9 @@ class BiEncoder(_OnnxEncoderBase):
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        # Tokenize once (the Rust tokenizer parallelises the batch), then pad per model batch.
-        raw = self.tokenizer.encode_batch(list(texts))
-        for idx in self._batches([len(e.ids) for e in raw]):
-            encodings = self.tokenizer.encode_batch([texts[i] for i in idx])
-            out[idx] = self._run(self._feed(encodings))
+        encodings = self.tokenizer.encode_batch(list(texts))
+        for idx in self._batches([len(e.ids) for e in encodings]):
+            out[idx] = self._run(self._feed([encodings[i] for i in idx]))
         return out
 
     def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -149,11 +155,9 @@ class CrossEncoder(_OnnxEncoderBase):
         out = np.zeros(len(pairs), dtype=np.float32)
         if not pairs:
             return out
-        pair_list = [(a, b) for a, b in pairs]
-        raw = self.tokenizer.encode_batch(pair_list)
-        for idx in self._batches([len(e.ids) for e in raw]):
-            encodings = self.tokenizer.encode_batch([pair_list[i] for i in idx])
-            (logits,) = self.session.run(["logits"], self._feed(encodings))
+        encodings = self.tokenizer.encode_batch([(a, b) for a, b in pairs])
+        for idx in self._batches([len(e.ids) for e in encodings]):
+            (logits,) = self.session.run(["logits"], self._feed([encodings[i] for i in idx]))
             if logits.ndim != 2 or logits.shape[1] != 1:
                 raise ValueError(f"cross-encoder logits must be [batch, 1], got {list(logits.shape)}")
             out[idx] = logits[:, 0]

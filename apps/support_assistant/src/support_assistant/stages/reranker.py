@@ -1,0 +1,80 @@
+"""Reranker stage: rescores BM25 candidates with a transformer (ONNX) and keeps the top k.
+
+Works with any scorer exposing `score(query, passages) -> scores` (bi-encoder cosine or
+cross-encoder logit, see support_assistant.models.encoder). Several requests are scored in one
+call so the Serve layer can batch them (@serve.batch) into fewer, larger model runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class Scorer(Protocol):
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray: ...
+
+
+class PairScorer(Protocol):
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
+
+
+class Embedder(Protocol):
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    query: str
+    passages: list[dict]  # Passage dicts from the retriever
+    top_k: int
+
+
+def passage_text(passage: dict) -> str:
+    # The section heading says what the passage is about ("Symptom", "First checks"), which the
+    # body alone often does not.
+    return f"{passage['title']}. {passage['section']}. {passage['text']}"
+
+
+class RerankStage:
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    def rerank(self, request: RerankRequest) -> list[dict]:
+        return self.rerank_many([request])[0]
+
+    def rerank_many(self, requests: Sequence[RerankRequest]) -> list[list[dict]]:
+        """Rerank several requests with as few model runs as the scorer allows."""
+        all_scores = self._score_all(requests)
+        results = []
+        for request, scores in zip(requests, all_scores, strict=True):
+            order = np.argsort(-scores, kind="stable")[: request.top_k]
+            results.append([{**request.passages[i], "rerank_score": float(scores[i])} for i in order])
+        return results
+
+    def _score_all(self, requests: Sequence[RerankRequest]) -> list[np.ndarray]:
+        scorer = self.scorer
+        if hasattr(scorer, "embed"):
+            # Bi-encoder: one forward pass over every query and passage of the batch.
+            texts = [r.query for r in requests] + [passage_text(p) for r in requests for p in r.passages]
+            vectors = scorer.embed(texts) if texts else np.zeros((0, 0), dtype=np.float32)
+            queries, passages = vectors[: len(requests)], vectors[len(requests):]
+            out, start = [], 0
+            for i, request in enumerate(requests):
+                block = passages[start: start + len(request.passages)]
+                start += len(request.passages)
+                out.append(block @ queries[i] if len(block) else np.zeros(0, dtype=np.float32))
+            return out
+        if hasattr(scorer, "score_pairs"):
+            # Cross-encoder: every (query, passage) pair of the batch in one call.
+            pairs = [(r.query, passage_text(p)) for r in requests for p in r.passages]
+            flat = np.asarray(scorer.score_pairs(pairs), dtype=np.float32).reshape(-1) if pairs else np.zeros(0)
+            out, start = [], 0
+            for request in requests:
+                out.append(flat[start: start + len(request.passages)])
+                start += len(request.passages)
+            return out
+        return [np.asarray(scorer.score(r.query, [passage_text(p) for p in r.passages])) for r in requests]

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+from support_assistant.models.decoder import Decoder
+from support_assistant.models.encoder import load_reranker
+from support_assistant.stages.generator import (
+    AbstractiveGenerator,
+    ExtractiveGenerator,
+    GenerationRequest,
+    split_sentences,
+)
+
+PASSAGES = [
+    {"source": "a.md", "title": "GPU pods Pending", "section": "Symptom",
+     "text": "The GPU worker pod stays Pending.\nNo node has a free nvidia.com/gpu, so the scheduler\nwaits."},
+    {"source": "b.md", "title": "OOM", "section": "Fixes",
+     "text": "- Raise the memory limit of the worker group.\n- Lower max_ongoing_requests.\n```\nkubectl get pods\n```"},
+]
+
+
+def test_split_joins_wrapped_lines_and_drops_code():
+    assert split_sentences(PASSAGES[0]["text"]) == [
+        "The GPU worker pod stays Pending.",
+        "No node has a free nvidia.com/gpu, so the scheduler waits.",
+    ]
+    assert split_sentences(PASSAGES[1]["text"]) == [
+        "Raise the memory limit of the worker group.",
+        "Lower max_ongoing_requests.",
+    ]
+
+
+@pytest.fixture(scope="module")
+def extractive(local_bundle):
+    return ExtractiveGenerator(load_reranker(local_bundle.reranker_dir, "bi-encoder"), sentences=2)
+
+
+def test_extractive_cites_the_relevant_sentences(extractive):
+    answer = extractive.answer(GenerationRequest("why is my gpu pod pending", PASSAGES))
+    assert answer.mode == "extractive"
+    assert "nvidia.com/gpu" in answer.text and "[1]" in answer.text
+    assert 1 in answer.cited
+
+
+def test_extractive_batched_equals_single(extractive):
+    requests = [GenerationRequest("why is my gpu pod pending", PASSAGES),
+                GenerationRequest("worker ran out of memory", PASSAGES)]
+    assert extractive.answer_many(requests) == [extractive.answer(r) for r in requests]
+
+
+def test_extractive_without_passages_says_so(extractive):
+    assert "No runbook passage" in extractive.answer(GenerationRequest("anything", [])).text
+
+
+@pytest.fixture(scope="module")
+def decoder(test_bundle):
+    return Decoder(test_bundle.generator_dir)
+
+
+def test_abstractive_prompt_is_capped_in_tokens(decoder):
+    long_passages = [{**PASSAGES[0], "text": "pending " * 400} for _ in range(5)]
+    generator = AbstractiveGenerator(decoder, max_prompt_tokens=300, max_new_tokens=8)
+    prompt = generator.build_prompt("why pending?", long_passages)
+    assert decoder.count_tokens(prompt) <= 300
+    assert "[1]" in prompt and "why pending?" in prompt
+
+
+def test_abstractive_batched_equals_single(decoder):
+    generator = AbstractiveGenerator(decoder, max_prompt_tokens=400, max_new_tokens=12)
+    requests = [GenerationRequest("gpu pending?", PASSAGES), GenerationRequest("oom?", PASSAGES[1:])]
+    batched = generator.answer_many(requests)
+    assert batched == [generator.answer_many([r])[0] for r in requests]
+    assert all(a.mode == "abstractive" and 0 < a.tokens <= 12 for a in batched)
+
+
+def test_abstractive_reports_the_decoder_limit(decoder):
+    answer = AbstractiveGenerator(decoder, max_prompt_tokens=400, max_new_tokens=5).answer_many(
+        [GenerationRequest("gpu pending?", PASSAGES)]
+    )[0]
+    assert answer.finish_reason in {"length", "eos", "stop"}
+    assert np.isfinite(answer.tokens)

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+from support_assistant.models.encoder import load_reranker
+from support_assistant.stages.reranker import RerankRequest, RerankStage
+from support_assistant.stages.retriever import Retriever, passage_dict
+
+
+class WordOverlapScorer:
+    """Deterministic stand-in scorer: counts query words in the passage."""
+
+    def score(self, query, passages):
+        words = set(query.lower().split())
+        return np.array([len(words & set(p.lower().split())) for p in passages], dtype=np.float32)
+
+
+def _passage(i, text):
+    return {"id": i, "source": f"{i}.md", "title": "t", "section": "s", "text": text, "score": 1.0}
+
+
+def test_orders_by_score_and_keeps_top_k():
+    passages = [_passage(0, "nothing here"), _passage(1, "gpu pod pending"), _passage(2, "gpu")]
+    ranked = RerankStage(WordOverlapScorer()).rerank(RerankRequest("gpu pod pending", passages, top_k=2))
+    assert [p["id"] for p in ranked] == [1, 2]
+    assert ranked[0]["rerank_score"] > ranked[1]["rerank_score"]
+
+
+@pytest.fixture(scope="module")
+def encoder(local_bundle):
+    return load_reranker(local_bundle.reranker_dir, local_bundle.models["reranker"]["kind"])
+
+
+@pytest.fixture(scope="module")
+def requests(local_bundle):
+    retriever = Retriever(local_bundle.index_dir)
+    questions = ["pod stuck pending waiting for a gpu node", "container terminated with reason oomkilled exit code 137", "serve p99 latency"]
+    return [RerankRequest(q, [passage_dict(p) for p in retriever.search(q, 8)], top_k=3) for q in questions]
+
+
+def test_real_encoder_batched_equals_single(encoder, requests):
+    stage = RerankStage(encoder)
+    batched = stage.rerank_many(requests)
+    for request, result in zip(requests, batched, strict=True):
+        single = stage.rerank(request)
+        assert [p["id"] for p in result] == [p["id"] for p in single]
+        np.testing.assert_allclose([p["rerank_score"] for p in result], [p["rerank_score"] for p in single],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_real_encoder_puts_the_matching_runbook_first(encoder, requests):
+    ranked = RerankStage(encoder).rerank(requests[1])
+    assert ranked[0]["source"] == "RayPodOOMKilled.md"
