@@ -1,9 +1,150 @@
-"""`repoctl run`: placeholder until the local runner lands."""
+"""`repoctl run`: the overlay's own serveConfigV2 on an embedded local Ray, no cluster needed.
+
+What GitOps deploys is what runs here: the config comes from `kustomize build overlays/<env>`.
+Only what a laptop cannot honour is changed (local_serve_config): GPU requests become CPU,
+the proxy listens on 127.0.0.1, and the bundle path points at the local bundle.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import math
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from repoctl.paths import ENVIRONMENTS, ROOT
+from repoctl.render import RenderError, render_overlay, serve_config_of
+
+EXAMPLE_QUESTION = "My RayService is stuck initializing after a deploy. What should I check first?"
+
+
+def local_serve_config(config: dict, bundle_dir: Path, port: int = 8000) -> dict:
+    """The config with GPU requests mapped to CPU, localhost only, and the local bundle."""
+    local = copy.deepcopy(config)
+    local["http_options"] = {**local.get("http_options", {}), "host": "127.0.0.1", "port": port}
+    for app in local["applications"]:
+        app["args"] = {**app.get("args", {}), "bundle_dir": str(Path(bundle_dir).resolve())}
+        for deployment in app.get("deployments", []):
+            options = deployment.get("ray_actor_options", {})
+            if options.pop("num_gpus", 0):
+                # ONNX Runtime falls back to its CPU provider when no GPU is visible.
+                options.setdefault("num_cpus", 1)
+    return local
+
+
+def logical_cpus_needed(config: dict) -> int:
+    """CPUs the config could claim at its autoscaling ceilings (Ray's CPUs here are logical)."""
+    total = 0.0
+    for app in config["applications"]:
+        for deployment in app.get("deployments", []):
+            replicas = deployment.get("autoscaling_config", {}).get("max_replicas") or deployment.get(
+                "num_replicas", 1
+            )
+            total += replicas * deployment.get("ray_actor_options", {}).get("num_cpus", 1)
+    return math.ceil(total) + 1
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def start_ray(num_cpus: int, metrics_port: int | None = None) -> None:
+    import ray
+
+    ray.init(
+        num_cpus=num_cpus,
+        num_gpus=0,
+        namespace="serve",
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        configure_logging=True,
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+
+
+def deploy(config: dict, timeout_s: float = 300) -> None:
+    """Deploy a Serve config (as KubeRay does through the dashboard) and wait until it runs."""
+    from ray import serve
+    from ray.serve._private import api as serve_private_api
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    # The same calls `serve run config.yaml` makes (ray/serve/scripts.py), in-process.
+    client = serve_private_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+    )
+    client.deploy_apps(schema, _blocking=False)
+    names = [app.name for app in schema.applications]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        apps = serve.status().applications
+        states = {name: apps[name].status if name in apps else "NOT_STARTED" for name in names}
+        failed = {n: apps[n].message for n in names if n in apps and apps[n].status == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError("; ".join(f"application {n} failed to deploy: {m}" for n, m in failed.items()))
+        if all(state == "RUNNING" for state in states.values()):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"applications not RUNNING after {timeout_s:g}s: {states}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    pass
+    parser = subparsers.add_parser("run", help="run an overlay's serveConfigV2 on an embedded local Ray")
+    parser.add_argument("--env", choices=ENVIRONMENTS, default="dev")
+    parser.add_argument("--bundle", type=Path, default=ROOT / ".cache" / "bundle")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.set_defaults(func=run)
+
+
+def _stop_on_sigterm(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    if not (args.bundle / "manifest.json").is_file():
+        raise SystemExit(f"{args.bundle}: no model bundle; build it with `make bundle`")
+    if not _port_free(args.port):
+        raise SystemExit(f"port {args.port} on 127.0.0.1 is in use: stop what runs there or pass --port")
+    try:
+        config = local_serve_config(serve_config_of(render_overlay(args.env)), args.bundle, args.port)
+    except RenderError as exc:
+        raise SystemExit(str(exc)) from None
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    print(f"starting a local Ray and deploying overlays/{args.env} serveConfigV2 (GPU requests mapped to CPU)...",
+          flush=True)
+    import ray
+    from ray import serve
+
+    try:
+        start_ray(logical_cpus_needed(config))
+        deploy(config)
+        url = f"http://127.0.0.1:{args.port}"
+        print(
+            f"\nsupport-assistant is up at {url}  (Ctrl-C to stop)\n\n"
+            f"  curl -s {url}/v1/answer -H 'Content-Type: application/json' \\\n"
+            f"    -d '{{\"question\": \"{EXAMPLE_QUESTION}\", \"top_k\": 3}}'\n\n"
+            f"  curl -s {url}/healthz\n",
+            flush=True,
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"repoctl run: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+    return 0
