@@ -13,7 +13,8 @@ PASSAGES = [
     {"source": "a.md", "title": "GPU pods Pending", "section": "Symptom",
      "text": "The GPU worker pod stays Pending.\nNo node has a free nvidia.com/gpu, so the scheduler\nwaits."},
     {"source": "b.md", "title": "OOM", "section": "Fixes",
-     "text": "- Raise the memory limit of the worker group.\n- Lower max_ongoing_requests.\n```\nkubectl get pods\n```"},
+     "text": "- Raise the memory limit of the worker group.\n- Lower max_ongoing_requests.\n"
+             "```\nkubectl get pods\n```"},
 ]
 
 

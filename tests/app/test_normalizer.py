@@ -4,7 +4,7 @@ from support_assistant.stages.normalizer import Normalizer
 
 
 def test_folds_unicode_whitespace_and_case():
-    result = Normalizer().normalize("  Ｐｏｄ\u00a0stuck\t\n PENDING\u200b ")
+    result = Normalizer().normalize("  \uff30\uff4f\uff44\u00a0stuck\t\n PENDING\u200b ")
     assert result.text == "Pod stuck PENDING"
     assert result.search_text == "pod stuck pending"
     assert not result.truncated

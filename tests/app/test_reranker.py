@@ -32,7 +32,11 @@ def encoder(local_bundle):
 @pytest.fixture(scope="module")
 def requests(local_bundle):
     retriever = Retriever(local_bundle.index_dir)
-    questions = ["pod stuck pending waiting for a gpu node", "container terminated with reason oomkilled exit code 137", "serve p99 latency"]
+    questions = [
+        "pod stuck pending waiting for a gpu node",
+        "container terminated with reason oomkilled exit code 137",
+        "serve p99 latency",
+    ]
     return [RerankRequest(q, [passage_dict(p) for p in retriever.search(q, 8)], top_k=3) for q in questions]
 
 

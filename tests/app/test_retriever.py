@@ -1,3 +1,4 @@
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def runbook_retriever(local_bundle) -> Retriever:
 def test_finds_the_runbook_for_a_symptom(runbook_retriever, question, expected_source):
     results = runbook_retriever.search(question, k=5)
     assert results[0].source == expected_source
-    assert all(a.score >= b.score for a, b in zip(results, results[1:], strict=False))
+    assert all(a.score >= b.score for a, b in pairwise(results))
 
 
 def test_no_match_returns_nothing(runbook_retriever):
@@ -49,5 +50,5 @@ def test_user_corpus_folder(tmp_path: Path):
 
 
 def test_empty_corpus_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(ValueError, match="no .* documents"):
+    with pytest.raises(ValueError, match=r"no .* documents"):
         build_index(tmp_path, tmp_path / "index")
