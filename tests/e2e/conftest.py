@@ -1,0 +1,51 @@
+"""One live local Ray for the whole test run (Ray takes seconds to start on this machine)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from repoctl.local_run import logical_cpus_needed, start_ray
+from repoctl.paths import ENVIRONMENTS
+from repoctl.render import render_overlay, serve_config_of
+from support_assistant.bundle.build import build_bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class LocalRay:
+    bundle_dir: Path
+    http_port: int
+    metrics_port: int
+    configs: dict[str, dict]  # env -> serveConfigV2 as rendered from the overlay
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRay]:
+    import ray
+    from ray import serve
+
+    bundle_dir = tmp_path_factory.mktemp("e2e") / "bundle"
+    build_bundle(bundle_dir, profile="local", corpus_dir=ROOT / "docs" / "runbooks")
+    configs = {env: serve_config_of(render_overlay(env)) for env in ENVIRONMENTS}
+    metrics_port = free_port()
+    start_ray(max(logical_cpus_needed(c) for c in configs.values()), metrics_port=metrics_port)
+    try:
+        yield LocalRay(bundle_dir, free_port(), metrics_port, configs)
+    finally:
+        serve.shutdown()
+        ray.shutdown()

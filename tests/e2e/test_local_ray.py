@@ -1,0 +1,120 @@
+"""End to end on a live local Ray: each overlay's own serveConfigV2 (GPU mapped to CPU)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from repoctl.local_run import deploy, local_serve_config
+from repoctl.paths import ENVIRONMENTS
+from support_assistant import __version__
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+RUNBOOKS = {p.name for p in (__import__("pathlib").Path(__file__).resolve().parents[2] / "docs/runbooks").glob("*.md")}
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def ask(local_ray, question: str, top_k: int = 3) -> dict:
+    status, body = post(f"{local_ray.url}/v1/answer", json.dumps({"question": question, "top_k": top_k}).encode())
+    assert status == 200, body
+    return body
+
+
+@pytest.fixture(scope="module", params=ENVIRONMENTS)
+def deployed(request, local_ray):
+    env = request.param
+    deploy(local_serve_config(local_ray.configs[env], local_ray.bundle_dir, local_ray.http_port))
+    return env
+
+
+def test_replicas_follow_the_overlay(deployed, local_ray):
+    from ray import serve
+
+    app = local_ray.configs[deployed]["applications"][0]
+    status = serve.status().applications[app["name"]]
+    assert set(status.deployments) == {d["name"] for d in app["deployments"]}
+    for deployment in app["deployments"]:
+        running = status.deployments[deployment["name"]].replica_states.get("RUNNING", 0)
+        assert running >= deployment["autoscaling_config"]["min_replicas"], (deployment["name"], running)
+
+
+def test_two_questions_get_different_runbooks(deployed, local_ray):
+    first = ask(local_ray, "My RayService is stuck initializing after a deploy. What should I check first?")
+    second = ask(local_ray, "Worker pod stays Pending because no node has a free nvidia.com/gpu")
+    for answer in (first, second):
+        assert answer["sources"] and {s["source"] for s in answer["sources"]} <= RUNBOOKS
+        assert re.search(r"\[\d\]", answer["answer"]), answer["answer"]
+    assert first["sources"][0]["source"] == "RayServiceNotReady.md"
+    assert second["sources"][0]["source"] == "RayGPUPodUnschedulable.md"
+
+
+def test_response_reports_models_mode_and_version(deployed, local_ray):
+    answer = ask(local_ray, "serve replica keeps restarting", top_k=2)
+    assert len(answer["sources"]) == 2
+    assert answer["generator_mode"] == "extractive"
+    assert answer["app"] == {"name": "support-assistant", "version": __version__}
+    assert [m["name"] for m in answer["models"]] == ["sentence-transformers/all-MiniLM-L6-v2"]
+    assert all(len(m["sha256"]) == 64 and m["revision"] for m in answer["models"])
+    assert set(answer["timings_ms"]) >= {"normalizer", "retriever", "reranker", "generator", "total"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b"{not json", 400, "body"),
+        (b"{}", 400, "question"),
+        (json.dumps({"question": "x" * 3000}).encode(), 400, "question"),
+        (json.dumps({"question": "x" * 200000}).encode(), 413, "body"),
+        (b'{"question": "pod pending", "top_k": 50}', 400, "top_k"),
+    ],
+)
+def test_bad_input_gets_a_json_4xx_naming_the_problem(deployed, local_ray, body, status, field):
+    got, payload = post(f"{local_ray.url}/v1/answer", body)
+    assert got == status
+    assert payload["error"]["field"] == field and payload["error"]["message"]
+
+
+def test_app_metrics_reach_the_ray_metrics_endpoint(local_ray):
+    """Ray exports ray.serve.metrics with a ray_ prefix (and _total on counters)."""
+    deploy(local_serve_config(local_ray.configs["dev"], local_ray.bundle_dir, local_ray.http_port))
+    ask(local_ray, "GPU pod pending")
+    post(f"{local_ray.url}/v1/answer", b"{}")
+    wanted = {
+        "ray_support_assistant_stage_latency_seconds_bucket",
+        "ray_support_assistant_batch_size_bucket",
+        "ray_support_assistant_requests_total",
+    }
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{local_ray.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        if all(name in text for name in wanted):
+            break
+        time.sleep(2)
+    missing = sorted(name for name in wanted if name not in text)
+    assert not missing, f"not exported: {missing}"
+    assert re.search(r'ray_support_assistant_stage_latency_seconds_bucket\{[^}]*stage="reranker"', text)
+    assert re.search(r'ray_support_assistant_requests_total\{[^}]*status_class="4xx"', text)
+
+
+def test_a_stage_over_its_budget_answers_504_naming_it(local_ray):
+    config = local_serve_config(local_ray.configs["dev"], local_ray.bundle_dir, local_ray.http_port)
+    ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
+    ingress["user_config"]["stage_timeouts_s"]["reranker"] = 0.0001
+    deploy(config)
+    status, payload = post(f"{local_ray.url}/v1/answer", b'{"question": "gpu pod pending"}')
+    assert status == 504
+    assert payload["error"]["stage"] == "reranker" and payload["error"]["code"] == "stage_timeout"
