@@ -92,7 +92,7 @@ def test_export_without_optimum_fails_clearly(pinned: dict[str, dict[str, Pinned
     monkeypatch.setitem(sys.modules, "optimum", None)
     monkeypatch.setitem(sys.modules, "optimum.exporters", None)
     monkeypatch.setitem(sys.modules, "optimum.exporters.onnx", None)
-    with pytest.raises(ExportError, match=r"optimum is not available.*pip install 'optimum\[exporters\]'"):
+    with pytest.raises(ExportError, match=r"optimum is not available.*pip install -r images/requirements-export.txt"):
         export_hf_model(pinned["production"]["generator"], tmp_path / "out")
     assert not (tmp_path / "out" / "model.onnx").exists()
 
