@@ -59,7 +59,15 @@ def timed(fn, repeat: int) -> list[float]:
     return samples
 
 
-def bench_stages(bundle_dir: Path, repeat: int) -> dict:
+def retriever_candidates(env: str) -> int:
+    """The BM25 shortlist size the overlay deploys (Retriever user_config), so the bench measures it."""
+    from repoctl.render import render_overlay, serve_config_of
+
+    deployments = serve_config_of(render_overlay(env))["applications"][0]["deployments"]
+    return next(d for d in deployments if d["name"] == "Retriever")["user_config"]["candidates"]
+
+
+def bench_stages(bundle_dir: Path, repeat: int, candidates_k: int) -> dict:
     from support_assistant.bundle.manifest import load_bundle
     from support_assistant.models.encoder import load_reranker
     from support_assistant.stages.generator import ExtractiveGenerator, GenerationRequest
@@ -71,18 +79,18 @@ def bench_stages(bundle_dir: Path, repeat: int) -> dict:
     retriever = Retriever(bundle.index_dir)
     scorer = load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"])
     reranker, generator, normalizer = RerankStage(scorer), ExtractiveGenerator(scorer), Normalizer()
-    candidates = {q: [passage_dict(p) for p in retriever.search(q.lower(), 20)] for q in QUESTIONS}
+    candidates = {q: [passage_dict(p) for p in retriever.search(q.lower(), candidates_k)] for q in QUESTIONS}
     q0 = QUESTIONS[0]
     top3 = reranker.rerank(RerankRequest(q0, candidates[q0], 3))
     results = {
         "normalizer": summary(timed(lambda: normalizer.normalize(q0), repeat)),
-        "retriever_top20": summary(timed(lambda: retriever.search(q0.lower(), 20), repeat)),
+        f"retriever_top{candidates_k}": summary(timed(lambda: retriever.search(q0.lower(), candidates_k), repeat)),
         "generator_extractive_top3": summary(timed(lambda: generator.answer(GenerationRequest(q0, top3)), repeat)),
     }
     for batch in (1, 4):
         requests = [RerankRequest(q, candidates[q], 3) for q in QUESTIONS[:batch]]
         samples = timed(lambda requests=requests: reranker.rerank_many(requests), max(3, repeat // batch))
-        results[f"reranker_20_candidates_batch{batch}"] = {
+        results[f"reranker_{candidates_k}_candidates_batch{batch}"] = {
             **summary(samples), "per_request_ms": round(statistics.fmean(samples) / batch, 2)}
     results["provider"] = scorer.provider
     return results
@@ -156,7 +164,7 @@ def main() -> int:
         "bundle_version": manifest["bundle_version"],
     }
     if args.only in (None, "stages"):
-        report["stages"] = bench_stages(args.bundle, args.repeat)
+        report["stages"] = bench_stages(args.bundle, args.repeat, retriever_candidates(args.env))
     if args.only in (None, "serve"):
         report["serve"] = bench_serve(args.bundle, args.env, args.requests, args.concurrency, args.port)
     args.out.parent.mkdir(parents=True, exist_ok=True)

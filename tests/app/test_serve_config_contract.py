@@ -42,3 +42,11 @@ def test_batch_sizes_fit_max_ongoing_requests(serve_config):
             batch = deployment.get("user_config", {}).get("max_batch_size")
             if batch:
                 assert batch <= deployment["max_ongoing_requests"], deployment["name"]
+
+
+def test_retriever_shortlist_covers_the_largest_top_k(serve_config):
+    """A client asking for top_k_max sources must be able to get them."""
+    for app_config in serve_config["applications"]:
+        by_name = {d["name"]: d for d in app_config["deployments"]}
+        candidates = by_name["Retriever"]["user_config"]["candidates"]
+        assert candidates >= by_name["Ingress"]["user_config"]["top_k_max"]
