@@ -8,6 +8,8 @@ health checks) and each stage's user_config; nothing here duplicates those value
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -18,8 +20,9 @@ from starlette.responses import JSONResponse, Response
 
 from support_assistant import __version__
 from support_assistant.api import Limits, error_body, parse_answer_request
-from support_assistant.bundle.manifest import Bundle, load_bundle
+from support_assistant.bundle.manifest import load_bundle
 from support_assistant.errors import InvalidInput, StageError
+from support_assistant.models.decoder import Decoder
 from support_assistant.models.encoder import load_reranker
 from support_assistant.pipeline import Stages, answer
 from support_assistant.stages.generator import (
@@ -36,11 +39,13 @@ from support_assistant.telemetry import IngressMetrics, StageMetrics
 APP_NAME = "support-assistant"
 
 
-def _load(bundle_dir: str, metrics: StageMetrics, role: str) -> Bundle:
+@contextmanager
+def counting_load_failures(metrics: StageMetrics, model: str) -> Iterator[None]:
+    """Counts a failed bundle or model load (SupportAssistantModelLoadFailure) and re-raises it."""
     try:
-        return load_bundle(bundle_dir)
+        yield
     except Exception:
-        metrics.model_load_failures.inc(tags={"model": role})
+        metrics.model_load_failures.inc(tags={"model": model})
         raise
 
 
@@ -62,11 +67,11 @@ class NormalizerDeployment:
 class RetrieverDeployment:
     def __init__(self, bundle_dir: str) -> None:
         self.metrics = StageMetrics("retriever")
-        bundle = _load(bundle_dir, self.metrics, "index")
-        if bundle.index_dir is None:
-            self.metrics.model_load_failures.inc(tags={"model": "index"})
-            raise RuntimeError(f"{bundle_dir}: the bundle has no retrieval index (build it with --corpus)")
-        self.retriever = Retriever(bundle.index_dir)
+        with counting_load_failures(self.metrics, "index"):
+            bundle = load_bundle(bundle_dir)
+            if bundle.index_dir is None:
+                raise RuntimeError(f"{bundle_dir}: the bundle has no retrieval index (build it with --corpus)")
+            self.retriever = Retriever(bundle.index_dir)
         self.candidates = 20
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -81,12 +86,9 @@ class RetrieverDeployment:
 class RerankerDeployment:
     def __init__(self, bundle_dir: str) -> None:
         self.metrics = StageMetrics("reranker")
-        bundle = _load(bundle_dir, self.metrics, "reranker")
-        try:
+        with counting_load_failures(self.metrics, "reranker"):
+            bundle = load_bundle(bundle_dir)
             self.scorer = load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"])
-        except Exception:
-            self.metrics.model_load_failures.inc(tags={"model": "reranker"})
-            raise
         self.stage = RerankStage(self.scorer)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -114,19 +116,14 @@ class RerankerDeployment:
 class GeneratorDeployment:
     def __init__(self, bundle_dir: str) -> None:
         self.metrics = StageMetrics("generator")
-        bundle = _load(bundle_dir, self.metrics, "generator")
-        try:
+        with counting_load_failures(self.metrics, "generator"):
+            bundle = load_bundle(bundle_dir)
             if bundle.has_generator:
-                from support_assistant.models.decoder import Decoder
-
                 self.model: Any = Decoder(bundle.generator_dir)
                 self.generator: Any = AbstractiveGenerator(self.model)
             else:
                 self.model = load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"])
                 self.generator = ExtractiveGenerator(self.model)
-        except Exception:
-            self.metrics.model_load_failures.inc(tags={"model": "generator"})
-            raise
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.generate_batch.set_max_batch_size(int(config.get("max_batch_size", 4)))

@@ -7,7 +7,6 @@ numpy implementation used by the tests to check this graph.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from support_assistant.bundle.manifest import sha256_file
 from support_assistant.models.encoder import ENCODER_CONFIG
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -263,14 +263,6 @@ def build_bert_onnx(
     return model
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert_minilm(out_dir: str | Path, model_dir: str | Path | None = None) -> dict[str, Any]:
     """Write `model.onnx`, `tokenizer.json` and `encoder.json` for the bi-encoder into `out_dir`.
 
@@ -293,7 +285,7 @@ def convert_minilm(out_dir: str | Path, model_dir: str | Path | None = None) -> 
         "pooling": "mean",
         "normalize": True,
         # Ties the ONNX file to the exact weights it was converted from.
-        "weights_sha256": _sha256(src / "model.safetensors"),
+        "weights_sha256": sha256_file(src / "model.safetensors"),
     }
     (out / ENCODER_CONFIG).write_text(json.dumps(encoder_config, indent=2, sort_keys=True) + "\n")
     return info
