@@ -80,6 +80,7 @@ def test_response_reports_models_mode_and_version(deployed, local_ray):
         (json.dumps({"question": "x" * 200000}).encode(), 413, "body"),
         (b'{"question": "pod pending", "top_k": 50}', 400, "top_k"),
     ],
+    ids=["malformed-json", "missing-question", "question-too-long", "body-too-large", "top_k-out-of-range"],
 )
 def test_bad_input_gets_a_json_4xx_naming_the_problem(deployed, local_ray, body, status, field):
     got, payload = post(f"{local_ray.url}/v1/answer", body)
