@@ -8,12 +8,12 @@ import pytest
 from ray.serve.deployment import Application, Deployment
 from ray.serve.schema import ServeDeploySchema
 from repoctl.paths import ENVIRONMENTS
-from repoctl.render import render_overlay, serve_config_of
+from repoctl.render import serve_config_of
 
 
 @pytest.fixture(scope="module", params=ENVIRONMENTS)
-def serve_config(request) -> dict:
-    return serve_config_of(render_overlay(request.param))
+def serve_config(request, rendered) -> dict:
+    return serve_config_of(rendered[request.param])
 
 
 def _import(import_path: str):

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 from repoctl.local_run import logical_cpus_needed, start_ray
-from repoctl.paths import ENVIRONMENTS
-from repoctl.render import render_overlay, serve_config_of
+from repoctl.render import serve_config_of
 from support_assistant.bundle.build import build_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,13 +34,13 @@ class LocalRay:
 
 
 @pytest.fixture(scope="session")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRay]:
+def local_ray(tmp_path_factory: pytest.TempPathFactory, rendered: dict[str, list[dict]]) -> Iterator[LocalRay]:
     import ray
     from ray import serve
 
     bundle_dir = tmp_path_factory.mktemp("e2e") / "bundle"
     build_bundle(bundle_dir, profile="local", corpus_dir=ROOT / "docs" / "runbooks")
-    configs = {env: serve_config_of(render_overlay(env)) for env in ENVIRONMENTS}
+    configs = {env: serve_config_of(docs) for env, docs in rendered.items()}
     metrics_port = free_port()
     start_ray(max(logical_cpus_needed(c) for c in configs.values()), metrics_port=metrics_port)
     try:

@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 from repoctl.local_run import deploy, local_serve_config
 from repoctl.paths import ENVIRONMENTS
+from repoctl.promql import metric_names, rule_groups
 from support_assistant import __version__
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -111,17 +112,14 @@ NOT_EXPORTED_LOCALLY = {
 
 
 def metric_names_in_rules(docs: list[dict]) -> set[str]:
-    """Raw ray_* metric names the rendered PrometheusRules query (recording rules and labels left out)."""
-    names = set()
-    for doc in docs:
-        if doc["kind"] != "PrometheusRule":
-            continue
-        for group in doc["spec"]["groups"]:
-            for rule in group["rules"]:
-                expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", rule["expr"])
-                expr = re.sub(r"\{[^}]*\}", " ", expr)
-                names |= set(re.findall(r"(?<![\w:])(ray_[a-z0-9_]+)(?![\w:])", expr))
-    return names
+    """Raw ray_* series the rendered PrometheusRules query (recording rules, with ":", left out)."""
+    return {
+        name
+        for group in rule_groups(docs)
+        for rule in group["rules"]
+        for name in metric_names(rule["expr"])
+        if name.startswith("ray_") and ":" not in name
+    }
 
 
 def scrape(local_ray, wanted: set[str], timeout_s: float = 60) -> str:
@@ -136,16 +134,14 @@ def scrape(local_ray, wanted: set[str], timeout_s: float = 60) -> str:
     return text
 
 
-def test_metrics_the_alerts_use_reach_the_ray_metrics_endpoint(local_ray):
+def test_metrics_the_alerts_use_reach_the_ray_metrics_endpoint(local_ray, rendered):
     """Runs after the 504 test (file order), so a stage error has been counted too. Ray exports
     ray.serve.metrics with a ray_ prefix and _total on counters."""
-    from repoctl.render import render_overlay
-
     deploy(local_serve_config(local_ray.configs["dev"], local_ray.bundle_dir, local_ray.http_port))
     ask(local_ray, "GPU pod pending")
     post(f"{local_ray.url}/v1/answer", b"{}")
     post(f"{local_ray.url}/v1/answer", b'{"question": "zzqx vvqk"}')  # an empty retrieval
-    used = metric_names_in_rules(render_overlay("prod"))
+    used = metric_names_in_rules(rendered["prod"])
     assert "ray_support_assistant_stage_errors_total" in used and "ray_serve_deployment_status" in used
     wanted = used - set(NOT_EXPORTED_LOCALLY)
     text = scrape(local_ray, wanted)

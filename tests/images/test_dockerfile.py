@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from dockerfile_parse import DockerfileParser
-from repoctl.paths import ENVIRONMENTS, ROOT, versions
+from repoctl.paths import ROOT, versions
 from repoctl.release import ReleaseError, normalize, read_pins, runtime_requirements
-from repoctl.render import render_overlay, serve_config_of
+from repoctl.render import serve_config_of
 
 DOCKERFILE = ROOT / "images" / "Dockerfile"
 REQUIREMENTS = ROOT / "requirements.txt"
@@ -72,11 +72,6 @@ def parsed() -> tuple[dict[str, str | None], list[Stage]]:
         else:
             stages[-1].instructions.append(instruction)
     return global_args, stages
-
-
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, list[dict]]:
-    return {env: render_overlay(env) for env in ENVIRONMENTS}
 
 
 def hadolint() -> Path:

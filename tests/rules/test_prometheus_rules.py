@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from repoctl.paths import ENVIRONMENTS, ROOT, tool
+from repoctl.promql import metric_names, rule_groups
 
 HERE = Path(__file__).resolve().parent
 RULE_FILE = "rules.yaml"
@@ -26,33 +27,6 @@ RUNBOOK_URL = "https://github.com/acme-platform/support-assistant-gitops/blob/ma
 LAYERS = ("kubernetes", "kuberay", "ray", "serve", "application")
 SEVERITIES = ("critical", "warning", "info")
 DASHBOARD = ROOT / "base" / "monitoring" / "dashboards" / "support-assistant.json"
-# Metric names in a PromQL expression: identifiers not followed by "(" and not a keyword or a label.
-_PROMQL_WORDS = {
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "bool",
-    "inf",
-    "nan",
-}
-
-
-def rule_groups(docs: list[dict]) -> list[dict]:
-    """Every group of every PrometheusRule, in render order (group names are unique)."""
-    groups: list[dict] = []
-    for doc in docs:
-        if doc.get("kind") == "PrometheusRule":
-            groups.extend(doc["spec"]["groups"])
-    return groups
-
-
 def alerts(groups: list[dict]) -> dict[str, dict]:
     return {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
 
@@ -65,18 +39,6 @@ def write_rules(groups: list[dict], folder: Path) -> Path:
     path = folder / RULE_FILE
     path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
     return path
-
-
-def metric_names(expr: str) -> set[str]:
-    """Series names an expression selects (label matchers and functions excluded)."""
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
-    expr = re.sub(r"\"[^\"]*\"", "", expr)
-    names = set(re.findall(r"(?<![\w:.])([a-zA-Z_:][\w:]*)(?!\s*\()", expr))
-    # Grouping label lists: by (a, b) / on (a) ...
-    for labels in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
-        names -= {label.strip() for label in labels.split(",")}
-    return {n for n in names if n.lower() not in _PROMQL_WORDS and not re.fullmatch(r"\d+[smhdwy]", n)}
 
 
 # --- promtool ---------------------------------------------------------------------------------
