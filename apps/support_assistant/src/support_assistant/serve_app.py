@@ -154,7 +154,9 @@ class GeneratorDeployment:
 class Ingress:
     def __init__(self, normalizer, retriever, reranker, generator, bundle_dir: str) -> None:
         self.metrics = IngressMetrics()
-        bundle = load_bundle(bundle_dir)
+        # Only the manifest's metadata is needed here; the replicas that load the models hash-verify
+        # the bundle, so the ingress does not read every model byte again at start.
+        bundle = load_bundle(bundle_dir, verify=False)
         self.info = {
             "app": {"name": APP_NAME, "version": __version__},
             "bundle_version": bundle.bundle_version,
