@@ -1,4 +1,4 @@
-"""The ValidatingAdmissionPolicies in base/admission, evaluated locally with a real CEL evaluator.
+"""The ValidatingAdmissionPolicies in infrastructure/admission, evaluated locally with a real CEL evaluator.
 
 Every policy runs as the API server would run it (match rules, matchConditions, variables in order,
 then each validation and its messageExpression) over the real rendered overlays, which must be
@@ -21,12 +21,12 @@ from typing import Any
 import cel
 import pytest
 import yaml
+from repoctl.kubeconform import validate_documents
 from repoctl.paths import ENVIRONMENTS
 from repoctl.policy import POLICY_DIR, run_conftest
 from repoctl.render import find, kustomize_build, load_documents
-from repoctl.validate import validate_documents
 
-ADMISSION = "base/admission"
+ADMISSION = "infrastructure/admission"
 ENFORCE_LABEL = "support-assistant.acme.dev/enforce"
 POLICY_KIND = "ValidatingAdmissionPolicy"
 BINDING_KIND = "ValidatingAdmissionPolicyBinding"
@@ -446,7 +446,7 @@ def test_every_policy_has_one_deny_binding_scoped_to_enforced_namespaces() -> No
 
 
 def test_manifests_pass_kubeconform_strict() -> None:
-    """What `repoctl validate` checks once base/kustomization.yaml lists admission (Kubernetes 1.33 schemas)."""
+    """What `repoctl validate` checks on its infrastructure targets (Kubernetes 1.33 schemas)."""
     assert validate_documents(ADMISSION, admission_docs()) == []
     broken = copy.deepcopy(policies()[0])
     broken["spec"]["validations"][0]["messageExpresion"] = "'typo'"

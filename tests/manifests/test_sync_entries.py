@@ -1,4 +1,5 @@
-"""The Argo CD and Flux entries sync the right overlay, after the operator, server-side, with health."""
+"""The Argo CD and Flux entries sync the right overlay, after the infrastructure, server-side, with health.
+(The order itself, for every infrastructure entry, is tests/manifests/test_sync_order.py.)"""
 
 from __future__ import annotations
 
@@ -19,12 +20,18 @@ def render(path: str) -> list[dict]:
 def test_argocd_entry(env: str, rendered: dict[str, list[dict]], repo_root: Path) -> None:
     docs = render(f"clusters/argocd/{env}")
     operator = find(docs, "Application", "kuberay-operator")
+    admission = find(docs, "Application", "admission")
     app = find(docs, "Application", "support-assistant")
     project = find(docs, "AppProject", "support-assistant")
 
     assert app["spec"]["source"] == {"repoURL": REPO_URL, "targetRevision": "main", "path": f"overlays/{env}"}
     wave = lambda a: int(a["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"])  # noqa: E731
     assert wave(operator) == -1 < 0 <= wave(app)
+    assert wave(admission) == -1
+    assert admission["spec"]["source"] == {"repoURL": REPO_URL, "targetRevision": "main",
+                                           "path": "infrastructure/admission"}
+    assert "ServerSideApply=true" in admission["spec"]["syncPolicy"]["syncOptions"]
+    assert admission["spec"]["project"] == project["metadata"]["name"]
     assert {"ServerSideApply=true", "CreateNamespace=true"} <= set(operator["spec"]["syncPolicy"]["syncOptions"])
     assert {"ServerSideApply=true", "RespectIgnoreDifferences=true"} <= set(app["spec"]["syncPolicy"]["syncOptions"])
     assert operator["spec"]["destination"]["namespace"] == "kuberay-system"
@@ -60,20 +67,20 @@ def test_argocd_entry(env: str, rendered: dict[str, list[dict]], repo_root: Path
 def test_flux_entry(env: str, rendered: dict[str, list[dict]], repo_root: Path) -> None:
     docs = render(f"clusters/flux/{env}")
     source = find(docs, "GitRepository", "support-assistant-gitops")
-    operator = find(docs, "Kustomization", "kuberay-operator")
+    infrastructure = find(docs, "Kustomization", "infrastructure")
     app = find(docs, "Kustomization", "support-assistant")
 
     assert source["spec"]["url"] == REPO_URL
-    for kustomization in (operator, app):
+    for kustomization in (infrastructure, app):
         assert kustomization["spec"]["sourceRef"] == {"kind": "GitRepository", "name": "support-assistant-gitops"}
         path = kustomization["spec"]["path"].removeprefix("./")
         assert (repo_root / path / "kustomization.yaml").is_file()
         # The source artifact must contain what the Kustomization builds.
         assert f"!/{path.split('/')[0]}/" in source["spec"]["ignore"]
     assert app["spec"]["path"] == f"./overlays/{env}"
-    assert operator["spec"]["path"] == "./base/kuberay-operator"
-    assert operator["spec"]["wait"] is True
-    assert app["spec"]["dependsOn"] == [{"name": "kuberay-operator"}]
+    assert infrastructure["spec"]["path"] == "./infrastructure"
+    assert infrastructure["spec"]["wait"] is True  # Ready only when the HelmRelease is (operator up, CRDs in)
+    assert app["spec"]["dependsOn"] == [{"name": "infrastructure"}]
 
     rayservice = find(rendered[env], "RayService")
     assert app["spec"]["wait"] is False  # wait: true would ignore healthChecks
@@ -89,7 +96,7 @@ def test_flux_entry(env: str, rendered: dict[str, list[dict]], repo_root: Path) 
 
 
 def test_flux_operator_release() -> None:
-    docs = render("base/kuberay-operator")
+    docs = render("infrastructure/kuberay-operator")
     release = find(docs, "HelmRelease", "kuberay-operator")
     repo = find(docs, "HelmRepository")
     values = find(docs, "ConfigMap")

@@ -62,10 +62,10 @@ def test_kuberay_chart_image_and_crds_are_one_version(repo_root: Path) -> None:
     kuberay = versions()["KUBERAY_VERSION"]
     chart_version = kuberay.removeprefix("v")
 
-    flux = load_documents(kustomize_build("base/kuberay-operator"))
+    flux = load_documents(kustomize_build("infrastructure/kuberay-operator"))
     release = find(flux, "HelmRelease", "kuberay-operator")
     assert release["spec"]["chart"]["spec"]["version"] == chart_version
-    values = yaml.safe_load((repo_root / "base/kuberay-operator/values.yaml").read_text())
+    values = yaml.safe_load((repo_root / "infrastructure/kuberay-operator/values.yaml").read_text())
     assert values["image"]["tag"] == kuberay
 
     for env in ENVIRONMENTS:

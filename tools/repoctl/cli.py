@@ -1,7 +1,11 @@
 """`repoctl`: one entry point for the repository's commands (the Makefile calls these).
 
-Each subcommand lives in its own module exposing `register(subparsers)`; errors meant for a
-person are raised as SystemExit with a one-line message (file, field, fix), never a traceback.
+One convention for every command: its module (listed in COMMAND_MODULES) defines both
+`register(subparsers)`, which adds the subcommand and sets `func=run`, and `run(args) -> int`, next to
+the library code the command drives (e.g. serve_config.py: the merge, then `repoctl serve-config`).
+Modules that are libraries only (paths, kubeconform, release, promql) register nothing. Errors
+meant for a person are raised as SystemExit with a one-line message (file, field, fix), never a
+traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import sys
 
 # module name -> registers one or more subcommands
 COMMAND_MODULES = (
-    "repoctl.serve_config_cmd",
+    "repoctl.serve_config",
     "repoctl.render",
     "repoctl.local_run",
     "repoctl.policy",

@@ -1,6 +1,7 @@
 """`repoctl diff [--base REF]`: what a change does to the rendered manifests, per overlay and sync entry.
 
-Renders every target (overlays/<env>, clusters/<tool>/<env>) at REF (default: main) and in the working
+Renders every target (overlays/<env>, infrastructure[/<add-on>], clusters/<tool>/<env>: repoctl.render's
+target_paths) at REF (default: main) and in the working
 tree, and prints a unified diff per target under a `== <target>` header, or "no changes". The base
 tree is extracted with `git archive` into a temporary folder, so neither the working tree nor the
 repository's worktree list is touched. A target missing on one side is shown as added or removed.
@@ -17,8 +18,7 @@ import tempfile
 from pathlib import Path
 
 from repoctl.paths import ROOT
-from repoctl.render import RenderError, kustomize_build
-from repoctl.validate import target_paths
+from repoctl.render import RenderError, kustomize_build, target_paths
 
 
 class DiffError(RuntimeError):

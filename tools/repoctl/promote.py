@@ -25,7 +25,7 @@ import yaml
 from repoctl import validate
 from repoctl.paths import ENVIRONMENTS, ROOT
 from repoctl.release import IMAGE_NAME, PLACEHOLDER_DIGEST, ImageRef, ReleaseError, ReleaseTag
-from repoctl.render import RenderError, kustomize_build, load_documents
+from repoctl.render import RenderError, kustomize_build, load_documents, target_paths
 
 
 class PromoteError(RuntimeError):
@@ -117,7 +117,7 @@ def _environment_of(line: str) -> str | None:
 def validate_overlay(env: str, root: Path) -> str:
     """Run `repoctl validate`'s steps over the environment's targets (its overlay and its Argo CD / Flux
     entries); return the overlay's rendered YAML, or raise with the first failure."""
-    paths = [p for p in validate.target_paths(root) if p == f"overlays/{env}" or p.endswith(f"/{env}")]
+    paths = [p for p in target_paths(root) if p == f"overlays/{env}" or p.endswith(f"/{env}")]
     ctx = validate.build_context(root, paths)
     results = validate.run_steps(ctx, out=lambda _line: None)
     # Steps that check every environment at once (render's completeness, serve-config drift) also report

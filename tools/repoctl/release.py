@@ -1,11 +1,14 @@
 """Image references, release tags and the image's runtime requirements.
 
-Standard library only: images/Dockerfile runs this file as a script (`python release.py ...`) in
-a bare python image where neither PyYAML nor the repoctl package is installed.
+Standard library and `packaging` only: images/Dockerfile runs this file as a script (`python release.py
+...`) in its build stage, where neither PyYAML nor the repoctl package is installed but `packaging` is
+(images/requirements-export.txt pins it, as requirements.txt does here).
 
-Release tags are `<app version>-ray<ray version>`, e.g. `0.1.0-ray2.60.0`: the app version is the
-semver of apps/support_assistant, the Ray version is the one baked into the image (it must equal
-the RayService's rayVersion).
+Release tags are `<app version>-ray<ray version>`, e.g. `0.1.0-ray2.60.0`: the app version is the version
+of apps/support_assistant (PEP 440, MAJOR.MINOR.PATCH with an optional pre-release, as `1.2.3rc1` or in
+semver spelling `1.2.3-rc.1`), the Ray version is the Ray release baked into the image (it must equal
+the RayService's rayVersion). Versions and requirement lines are parsed by `packaging`, the library pip
+itself uses, so they compare and normalise exactly as pip does.
 """
 
 from __future__ import annotations
@@ -17,61 +20,77 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
 IMAGE_NAME = "ghcr.io/acme-platform/support-assistant"
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 # The digest kustomize overlays carry until the first real release: it is not an image.
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
-_SEMVER_RE = re.compile(
-    r"^(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
-    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
-)
-_RAY_RE = re.compile(r"^\d+\.\d+\.\d+$")
-_REQ_RE = re.compile(r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[(?P<extras>[^\]]*)\])?\s*(?P<spec>.*)$")
 
 
 class ReleaseError(ValueError):
     pass
 
 
-@dataclass(frozen=True, order=False)
-class SemVer:
-    major: int
-    minor: int
-    patch: int
-    pre: tuple[str, ...] = ()
+def _version(text: str, what: str) -> Version:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        raise ReleaseError(f"{what} {text!r} is not a version (PEP 440, e.g. 1.2.3 or 1.2.3rc1)") from None
+
+
+@dataclass(frozen=True)
+class AppVersion:
+    """The app part of a release tag, kept as written (it is part of an image tag) and ordered as a PEP 440
+    version: 1.0.0-alpha < 1.0.0-alpha.1 < 1.0.0b0 < 1.0.0-rc.1 < 1.0.0 < 1.0.1."""
+
+    text: str
 
     @classmethod
-    def parse(cls, text: str) -> SemVer:
-        match = _SEMVER_RE.match(text)
-        if not match:
-            raise ReleaseError(f"{text!r} is not a semantic version (MAJOR.MINOR.PATCH[-PRERELEASE])")
-        pre = tuple(match["pre"].split(".")) if match["pre"] else ()
-        return cls(int(match["major"]), int(match["minor"]), int(match["patch"]), pre)
+    def parse(cls, text: str) -> AppVersion:
+        version = _version(text, "app version")
+        # packaging also accepts "v1.2.3", "1.2" and "1!1.2.3+local"; a tag spells three release numbers
+        # and nothing a Docker tag cannot hold.
+        if not text[:1].isdigit() or len(version.release) != 3 or version.epoch or version.local:
+            raise ReleaseError(f"app version {text!r} is not MAJOR.MINOR.PATCH with an optional pre-release")
+        return cls(text)
 
-    def _key(self) -> tuple:
-        # semver.org §11: a pre-release sorts before its release; numeric identifiers sort
-        # numerically and before alphanumeric ones.
-        pre_key = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.pre)
-        return (self.major, self.minor, self.patch, 0 if self.pre else 1, pre_key)
+    @property
+    def version(self) -> Version:
+        return Version(self.text)
 
-    def __lt__(self, other: SemVer) -> bool:
-        return self._key() < other._key()
+    def __lt__(self, other: AppVersion) -> bool:
+        return self.version < other.version
 
     def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.patch}" + (f"-{'.'.join(self.pre)}" if self.pre else "")
+        return self.text
+
+
+def ray_version(text: str) -> str:
+    """A Ray release as Ray publishes them: a final MAJOR.MINOR.PATCH, written canonically."""
+    version = _version(text, "Ray version")
+    if str(version) != text or len(version.release) != 3 or version.is_prerelease or version.is_postrelease:
+        raise ReleaseError(f"Ray version {text!r} is not a final MAJOR.MINOR.PATCH release")
+    return text
 
 
 @dataclass(frozen=True)
 class ReleaseTag:
-    app_version: SemVer
+    app_version: AppVersion
     ray_version: str
 
     @classmethod
     def parse(cls, tag: str) -> ReleaseTag:
         app, sep, ray = tag.rpartition("-ray")
-        if not sep or not _RAY_RE.match(ray):
-            raise ReleaseError(f"tag {tag!r} is not <app version>-ray<ray version> (e.g. 0.1.0-ray2.60.0)")
-        return cls(SemVer.parse(app), ray)
+        try:
+            if not sep:
+                raise ReleaseError("no -ray<ray version> suffix")
+            return cls(AppVersion.parse(app), ray_version(ray))
+        except ReleaseError as exc:
+            raise ReleaseError(f"tag {tag!r} is not <app version>-ray<ray version> (e.g. 0.1.0-ray2.60.0): "
+                               f"{exc}") from None
 
     def __str__(self) -> str:
         return f"{self.app_version}-ray{self.ray_version}"
@@ -102,7 +121,14 @@ class ImageRef:
 
 def normalize(name: str) -> str:
     """PEP 503 project name normalisation."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
+
+
+def _requirement(line: str, where: Path) -> Requirement:
+    try:
+        return Requirement(line)
+    except InvalidRequirement as exc:
+        raise ReleaseError(f"{where}: cannot parse {line!r}: {exc}") from None
 
 
 def read_pins(requirements: Path) -> dict[str, str]:
@@ -112,11 +138,11 @@ def read_pins(requirements: Path) -> dict[str, str]:
         line = raw.split("#", 1)[0].strip()
         if not line or line.startswith("-"):
             continue
-        match = _REQ_RE.match(line)
-        spec = match["spec"].split(";", 1)[0].strip() if match else ""
-        if not match or not spec.startswith("==") or any(c in spec[2:] for c in "*,<>!~"):
+        requirement = _requirement(line, requirements)
+        specifiers = list(requirement.specifier)
+        if requirement.url or len(specifiers) != 1 or specifiers[0].operator != "==" or "*" in specifiers[0].version:
             raise ReleaseError(f"{requirements}: {raw.strip()!r} is not pinned as name==version")
-        pins[normalize(match["name"])] = spec[2:].strip()
+        pins[normalize(requirement.name)] = specifiers[0].version
     return pins
 
 
@@ -133,13 +159,14 @@ def runtime_requirements(pyproject: Path, requirements: Path, variant: str,
     dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     lines = []
     for dependency in dependencies:
-        match = _REQ_RE.match(dependency)
-        if not match:
-            raise ReleaseError(f"{pyproject}: cannot parse dependency {dependency!r}")
-        name = normalize(match["name"])
+        requirement = _requirement(dependency, pyproject)
+        name = normalize(requirement.name)
         if name not in pins:
             raise ReleaseError(f"{requirements}: no `{name}==<version>` pin for the app dependency {dependency!r}")
-        extras = f"[{match['extras']}]" if match["extras"] else ""
+        if not requirement.specifier.contains(pins[name], prereleases=True):
+            raise ReleaseError(f"{requirements}: {name}=={pins[name]} is outside the app's dependency {dependency!r} "
+                               f"({pyproject})")
+        extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
         if name == "onnxruntime" and variant == "gpu":
             if onnxruntime_gpu_version != pins[name]:
                 raise ReleaseError(

@@ -1,14 +1,33 @@
-"""Render overlays and sync manifests with the pinned kustomize, and read what they contain."""
+"""Render with the pinned kustomize, and know what there is to render.
+
+Target discovery lives here (target_paths, render_target): every command that needs "everything
+something syncs" (validate, diff, promote) asks this module, never another command.
+
+A target is one kustomization that a sync engine applies:
+- `overlays/<env>`: the app, one per environment;
+- `infrastructure` and `infrastructure/<add-on>`: the cluster add-ons synced before the app (Flux applies
+  the whole layer, Argo CD the add-ons that are plain manifests). `infrastructure/argocd` is not one: it
+  is Argo CD's Applications for the layer, rendered as part of each clusters/argocd/<env>;
+- `clusters/<tool>/<env>`: the Argo CD and Flux entries themselves.
+"""
 
 from __future__ import annotations
 
 import argparse
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from repoctl.paths import ENVIRONMENTS, ROOT, tool
+from repoctl.paths import CACHE, ENVIRONMENTS, ROOT, tool
+
+# Where rendered targets are kept for other tools (.cache/rendered/<target name>.yaml).
+RENDERED = CACHE / "rendered"
+SYNC_TOOLS = ("argocd", "flux")
+# The cluster add-ons' layer: the folder itself and each add-on folder under it are targets.
+INFRASTRUCTURE = "infrastructure"
+NOT_TARGETS = {"base", "components"}  # shared parts under clusters/<tool>/, never synced on their own
 
 
 class RenderError(RuntimeError):
@@ -44,6 +63,71 @@ def serve_config_of(docs: list[dict]) -> dict:
     """The RayService's serveConfigV2, parsed (it is a YAML string in the manifest)."""
     rayservice = find(docs, "RayService")
     return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+
+
+# --- targets --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One kustomization that something syncs: an overlay, the infrastructure layer or one of its add-ons,
+    or a clusters/<tool>/<env> entry."""
+
+    path: str  # relative to the repository root, e.g. "overlays/prod"
+    text: str = ""
+    docs: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.replace("/", "-")
+
+    @property
+    def rendered(self) -> Path:
+        return RENDERED / f"{self.name}.yaml"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def is_overlay(self) -> bool:
+        return self.path.startswith("overlays/")
+
+
+def _kustomizations(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if (p / "kustomization.yaml").is_file()] if folder.is_dir() else []
+
+
+def target_paths(root: Path = ROOT) -> list[str]:
+    """overlays/*, infrastructure (+ infrastructure/*) and clusters/<tool>/<env>: every kustomization that
+    something syncs, in that order."""
+    found = [f"overlays/{p.name}" for p in _kustomizations(root / "overlays")]
+    if (root / INFRASTRUCTURE / "kustomization.yaml").is_file():
+        found.append(INFRASTRUCTURE)
+    found += [f"{INFRASTRUCTURE}/{p.name}" for p in _kustomizations(root / INFRASTRUCTURE) if p.name not in SYNC_TOOLS]
+    for sync_tool in SYNC_TOOLS:
+        found += [
+            f"clusters/{sync_tool}/{p.name}"
+            for p in _kustomizations(root / "clusters" / sync_tool)
+            if p.name not in NOT_TARGETS
+        ]
+    return found
+
+
+def render_target(path: str, root: Path = ROOT) -> Target:
+    target = Target(path)
+    try:
+        target.text = kustomize_build(path, root)
+        target.docs = load_documents(target.text)
+    except RenderError as exc:
+        target.error = str(exc).replace("\n", " ")
+    except yaml.YAMLError as exc:
+        target.error = f"kustomize output is not YAML: {exc}"
+    return target
+
+
+# --- command --------------------------------------------------------------------------------------------
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,6 +8,7 @@ into serveConfigV2) made from the shared base file and the overlay's small overr
 
 from __future__ import annotations
 
+import argparse
 import copy
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,28 @@ def generate(envs: tuple[str, ...] = ENVIRONMENTS, check: bool = False, overlays
             if not check:
                 target.write_text(text)
     return stale
+
+
+# --- command --------------------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve-config", help="merge base Serve config with each overlay's overrides")
+    parser.add_argument("--check", action="store_true", help="fail if a generated file is out of date")
+    parser.add_argument("envs", nargs="*", default=list(ENVIRONMENTS))
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        stale = generate(tuple(args.envs), check=args.check)
+    except ServeConfigError as exc:
+        raise SystemExit(f"serve-config: {exc}") from None
+    if args.check and stale:
+        for path in stale:
+            print(f"{path}: out of date with base/support-assistant/serve-config.yaml + serve-overrides.yaml")
+        print("run `make serve-config` and commit the result")
+        return 1
+    for path in stale:
+        print(f"wrote {path}")
+    return 0

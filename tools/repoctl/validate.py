@@ -1,67 +1,34 @@
-"""`repoctl validate`: render every overlay and sync entry, then run each check step over the output.
+"""`repoctl validate`: render every target, then run each check step over the output.
 
-The steps run in order (STEPS) and each returns one line per failure, naming the target, the object and
-the field: `overlays/prod: RayService support-assistant: spec.rayClusterConfig.foo: additional property
-not allowed`. A step whose inputs are missing (no policies, no PrometheusRule, a missing tool) fails
-saying so; nothing is skipped silently. To add a check, write `def step_x(ctx: Context) -> list[str]`
-and append ("x", step_x) to STEPS.
+The targets are what repoctl.render discovers (target_paths): the overlays, the infrastructure layer and
+its add-ons, and the Argo CD and Flux entries. The steps run in order (STEPS) and each returns one line
+per failure, naming the target, the object and the field: `overlays/prod: RayService support-assistant:
+spec.rayClusterConfig.foo: additional property not allowed`. A step whose inputs are missing (no
+policies, no PrometheusRule, a missing tool) fails saying so; nothing is skipped silently. To add a
+check, write `def step_x(ctx: Context) -> list[str]` and append ("x", step_x) to STEPS.
 
-Rendered output is kept in .cache/rendered/<name>.yaml (name: the target path with "/" -> "-", e.g.
-overlays-prod.yaml, clusters-flux-dev.yaml) so that other tools can reuse it.
+Rendered output is kept in .cache/rendered/<name>.yaml (repoctl.render.RENDERED; name: the target path
+with "/" -> "-", e.g. overlays-prod.yaml, infrastructure-admission.yaml, clusters-flux-dev.yaml) so that
+other tools can reuse it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from repoctl import schemas
-from repoctl.paths import CACHE, ENVIRONMENTS, ROOT, tool, versions
+from repoctl import kubeconform, render
+from repoctl.paths import ENVIRONMENTS, ROOT, tool, versions
 from repoctl.policy import run_conftest
-from repoctl.render import RenderError, kustomize_build, load_documents
+from repoctl.render import INFRASTRUCTURE, SYNC_TOOLS, Target, render_target, target_paths
 from repoctl.serve_config import ServeConfigError, generate
-
-RENDERED = CACHE / "rendered"
-SYNC_TOOLS = ("argocd", "flux")
-NOT_TARGETS = {"base", "components"}  # shared parts under clusters/<tool>/, never synced on their own
-# Folders outside overlays/ that a sync entry applies on their own (clusters/flux/base/kuberay-operator.yaml).
-SYNCED_FOLDERS = ("base/kuberay-operator",)
-
-
-@dataclass
-class Target:
-    """One kustomization that something syncs: an overlay or a clusters/<tool>/<env> entry."""
-
-    path: str  # relative to the repository root, e.g. "overlays/prod"
-    text: str = ""
-    docs: list[dict] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.path.replace("/", "-")
-
-    @property
-    def rendered(self) -> Path:
-        return RENDERED / f"{self.name}.yaml"
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def is_overlay(self) -> bool:
-        return self.path.startswith("overlays/")
 
 
 @dataclass
@@ -73,35 +40,6 @@ class Context:
 
     def rendered(self, overlays_only: bool = False) -> list[Target]:
         return [t for t in self.targets if t.ok and (t.is_overlay or not overlays_only)]
-
-
-def target_paths(root: Path = ROOT) -> list[str]:
-    """overlays/*, SYNCED_FOLDERS and clusters/<tool>/<env>: every kustomization that something syncs."""
-    found = [
-        f"overlays/{p.name}" for p in sorted((root / "overlays").iterdir()) if (p / "kustomization.yaml").is_file()
-    ]
-    found += [path for path in SYNCED_FOLDERS if (root / path / "kustomization.yaml").is_file()]
-    for sync_tool in SYNC_TOOLS:
-        folder = root / "clusters" / sync_tool
-        if folder.is_dir():
-            found += [
-                f"clusters/{sync_tool}/{p.name}"
-                for p in sorted(folder.iterdir())
-                if p.name not in NOT_TARGETS and (p / "kustomization.yaml").is_file()
-            ]
-    return found
-
-
-def render_target(path: str, root: Path = ROOT) -> Target:
-    target = Target(path)
-    try:
-        target.text = kustomize_build(path, root)
-        target.docs = load_documents(target.text)
-    except RenderError as exc:
-        target.error = str(exc).replace("\n", " ")
-    except yaml.YAMLError as exc:
-        target.error = f"kustomize output is not YAML: {exc}"
-    return target
 
 
 def _shown(path: Path, root: Path) -> Path:
@@ -122,7 +60,9 @@ def step_render(ctx: Context) -> list[str]:
     ]
     failures += [f"{path}: missing (every environment needs an overlay and an Argo CD and a Flux entry)"
                  for path in missing]
-    ctx.notes["render"] = f"{len(ctx.rendered())} targets -> {_shown(RENDERED, ctx.root)}/"
+    if not (ctx.root / INFRASTRUCTURE / "kustomization.yaml").is_file():
+        failures.append(f"{INFRASTRUCTURE}: missing (the cluster add-ons every sync entry applies before the app)")
+    ctx.notes["render"] = f"{len(ctx.rendered())} targets -> {_shown(render.RENDERED, ctx.root)}/"
     return failures
 
 
@@ -141,7 +81,7 @@ def step_serve_config(ctx: Context) -> list[str]:
 
 def step_schemas(ctx: Context) -> list[str]:
     targets = ctx.rendered()
-    failures = kubeconform({t.path: t.text for t in targets})
+    failures = kubeconform.validate({t.path: t.text for t in targets})
     count = sum(len(t.docs) for t in targets)
     ctx.notes["schemas"] = (
         f"{count} objects in {len(targets)} targets (kubeconform -strict, Kubernetes "
@@ -174,7 +114,7 @@ def step_policies(ctx: Context) -> list[str]:
 
 def step_rules(ctx: Context) -> list[str]:
     failures, checked = [], 0
-    rules_dir = RENDERED / "rules"
+    rules_dir = render.RENDERED / "rules"
     for target in ctx.rendered(overlays_only=True):
         rules = [d for d in target.docs if d.get("kind") == "PrometheusRule"]
         if not rules:
@@ -218,86 +158,6 @@ STEPS: list[tuple[str, Step]] = [
 ]
 
 
-# --- kubeconform ----------------------------------------------------------------------------------------
-
-_CAUSE = re.compile(r"- at '(?P<path>[^']*)': (?P<msg>.*?)(?=\s+- at '|$)")
-_ADDITIONAL = re.compile(r"additional propert(?:y|ies) (?P<names>'.*') not allowed")
-
-
-def field_path(pointer: str) -> str:
-    """JSON pointer -> the dotted form people write: /spec/containers/0/image -> spec.containers[0].image."""
-    out = ""
-    for part in pointer.strip("/").split("/") if pointer.strip("/") else []:
-        part = part.replace("~1", "/").replace("~0", "~")
-        if part.isdigit():
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_$][\w$-]*", part):
-            out += f".{part}" if out else part
-        else:
-            out += f"[{json.dumps(part)}]"
-    return out or "(root)"
-
-
-def _explain(message: str) -> list[str]:
-    """kubeconform's nested message -> 'field: problem' for every leaf cause."""
-    causes = [(m["path"], m["msg"].strip()) for m in _CAUSE.finditer(message)]
-    lines = []
-    for pointer, msg in causes:
-        if msg == "validation failed":
-            continue  # a parent of more specific causes
-        extra = _ADDITIONAL.search(msg)
-        if extra:
-            for name in re.findall(r"'([^']*)'", extra["names"]):
-                child = field_path(f"{pointer}/{name.replace('~', '~0').replace('/', '~1')}")
-                lines.append(f"{child}: additional property not allowed")
-        else:
-            lines.append(f"{field_path(pointer)}: {msg}")
-    return lines or [message]
-
-
-def kubeconform(texts: dict[str, str]) -> list[str]:
-    """Validate rendered YAML streams ({label: text}) strictly against the local schemas."""
-    if not texts:
-        return []
-    try:
-        locations = schemas.locations()
-    except schemas.SchemaError as exc:
-        return [f"schemas: {exc}"]
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {}
-        for i, (label, text) in enumerate(texts.items()):
-            path = Path(tmp) / f"{i}.yaml"
-            path.write_text(text)
-            files[str(path)] = label
-        args = [tool("kubeconform"), "-strict", "-summary", "-output", "json",
-                "-kubernetes-version", versions()["KUBERNETES_VERSION"]]
-        for location in locations:
-            args += ["-schema-location", location]
-        result = subprocess.run([*args, *files], capture_output=True, text=True, check=False)
-    try:
-        report = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        return [f"schemas: kubeconform failed: {(result.stderr or result.stdout).strip()}"]
-    failures = []
-    for res in report.get("resources") or []:
-        label = files.get(res.get("filename", ""), res.get("filename", "?"))
-        what = f"{label}: {res.get('kind', '?')} {res.get('name') or '(unnamed)'}"
-        msg = res.get("msg", "")
-        if res.get("status") == "statusError" and "could not find schema" in msg:
-            failures.append(f"{what}: no schema for {res.get('version')} {res.get('kind')}: add its CRD source "
-                            "to CRD_SOURCES in tools/repoctl/schemas.py")
-        elif res.get("status") in ("statusInvalid", "statusError"):
-            failures += [f"{what}: {line}" for line in _explain(msg)]
-    if result.returncode != 0 and not failures:
-        failures.append(f"schemas: kubeconform exited {result.returncode}: {result.stderr.strip()}")
-    return failures
-
-
-def validate_documents(label: str, docs: Iterable[dict]) -> list[str]:
-    """kubeconform failures for in-memory documents (what tests use to check a mutated overlay)."""
-    return kubeconform({label: yaml.safe_dump_all(list(docs), sort_keys=False)})
-
-
 # --- running --------------------------------------------------------------------------------------------
 
 
@@ -305,7 +165,7 @@ def build_context(root: Path = ROOT, paths: list[str] | None = None) -> Context:
     paths = paths if paths is not None else target_paths(root)
     with ThreadPoolExecutor(max_workers=4) as pool:
         targets = list(pool.map(lambda p: render_target(p, root), paths))
-    RENDERED.mkdir(parents=True, exist_ok=True)
+    render.RENDERED.mkdir(parents=True, exist_ok=True)
     for target in targets:
         if target.ok:
             target.rendered.write_text(target.text)
@@ -341,7 +201,8 @@ def run_steps(ctx: Context, names: list[str] | None = None, out=print) -> dict[s
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "validate", help="render overlays and sync entries; serve-config drift, kubeconform, conftest, promtool"
+        "validate", help="render overlays, infrastructure and sync entries; serve-config drift, kubeconform, "
+        "conftest, promtool"
     )
     parser.add_argument("--step", action="append", dest="steps", metavar="NAME",
                         help=f"run only this step (repeatable): {', '.join(n for n, _ in STEPS)}")

@@ -18,7 +18,7 @@ def git(repo: Path, *args: str) -> None:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    for folder in ("base", "components", "overlays"):
+    for folder in ("base", "components", "overlays", "infrastructure"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     git(tmp_path, "init", "-q", "-b", "main")
     git(tmp_path, "add", ".")
@@ -40,8 +40,10 @@ def test_unchanged_tree_says_no_changes(repo: Path) -> None:
     lines, changed = run_diff("main", repo)
     assert changed == 0
     assert sections(lines) == {"overlays/dev": ["no changes"], "overlays/prod": ["no changes"],
-                               "overlays/staging": ["no changes"], "base/kuberay-operator": ["no changes"]}
-    assert lines[-1].startswith("diff: 0 of 4 targets changed against main")
+                               "overlays/staging": ["no changes"], "infrastructure": ["no changes"],
+                               "infrastructure/admission": ["no changes"],
+                               "infrastructure/kuberay-operator": ["no changes"]}
+    assert lines[-1].startswith("diff: 0 of 6 targets changed against main")
 
 
 def test_changed_added_and_removed_overlays(repo: Path) -> None:

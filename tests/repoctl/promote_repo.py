@@ -19,8 +19,8 @@ IMAGE = "ghcr.io/acme-platform/support-assistant"
 # What a promotion (and `repoctl validate`) reads from the working tree. bin/ and .cache/schemas (the
 # pinned CLIs and schemas that `make setup` installed) are linked, not copied; the copy gets its own
 # .cache/rendered so that validating it never overwrites the real repository's rendered output.
-COPIED = ("base", "components", "overlays", "clusters", "policies", "tools", "versions.env", "pyproject.toml",
-          ".gitignore")
+COPIED = ("base", "components", "overlays", "infrastructure", "clusters", "policies", "tools", "versions.env",
+          "pyproject.toml", ".gitignore")
 TOOLS = ("kustomize", "kubeconform", "conftest", "promtool")
 
 
