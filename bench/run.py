@@ -59,40 +59,36 @@ def timed(fn, repeat: int) -> list[float]:
     return samples
 
 
-def retriever_candidates(env: str) -> int:
-    """The BM25 shortlist size the overlay deploys (Retriever user_config), so the bench measures it."""
+def pipeline_config(env: str):
+    """Every stage's user_config as the overlay deploys it, so the bench measures what runs."""
     from repoctl.render import render_overlay, serve_config_of
+    from support_assistant.config import PipelineConfig
 
-    deployments = serve_config_of(render_overlay(env))["applications"][0]["deployments"]
-    return next(d for d in deployments if d["name"] == "Retriever")["user_config"]["candidates"]
+    return PipelineConfig.from_serve_config(serve_config_of(render_overlay(env)))
 
 
-def bench_stages(bundle_dir: Path, repeat: int, candidates_k: int) -> dict:
-    from support_assistant.bundle.manifest import load_bundle
-    from support_assistant.models.encoder import load_reranker
-    from support_assistant.stages.generator import ExtractiveGenerator, GenerationRequest
-    from support_assistant.stages.normalizer import Normalizer
-    from support_assistant.stages.reranker import RerankRequest, RerankStage
-    from support_assistant.stages.retriever import Retriever, passage_dict
+def bench_stages(bundle_dir: Path, repeat: int, env: str) -> dict:
+    from support_assistant.assemble import build_stages
+    from support_assistant.schema import GenerationRequest, RerankRequest
 
-    bundle = load_bundle(bundle_dir)
-    retriever = Retriever(bundle.index_dir)
-    scorer = load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"])
-    reranker, generator, normalizer = RerankStage(scorer), ExtractiveGenerator(scorer), Normalizer()
-    candidates = {q: [passage_dict(p) for p in retriever.search(q.lower(), candidates_k)] for q in QUESTIONS}
+    stages = build_stages(bundle_dir, pipeline_config(env))
+    candidates_k = stages.config.retriever.candidates
+    normalizer, retriever, reranker, generator = stages.normalizer, stages.retriever, stages.reranker, stages.generator
+    candidates = {q: retriever.search(q.lower(), candidates_k) for q in QUESTIONS}
     q0 = QUESTIONS[0]
-    top3 = reranker.rerank(RerankRequest(q0, candidates[q0], 3))
+    top3 = reranker.rerank(RerankRequest(q0, candidates[q0], 3)).passages
     results = {
         "normalizer": summary(timed(lambda: normalizer.normalize(q0), repeat)),
         f"retriever_top{candidates_k}": summary(timed(lambda: retriever.search(q0.lower(), candidates_k), repeat)),
-        "generator_extractive_top3": summary(timed(lambda: generator.answer(GenerationRequest(q0, top3)), repeat)),
+        "generator_extractive_top3": summary(timed(lambda: generator.answer_many([GenerationRequest(q0, top3)]),
+                                                   repeat)),
     }
     for batch in (1, 4):
         requests = [RerankRequest(q, candidates[q], 3) for q in QUESTIONS[:batch]]
         samples = timed(lambda requests=requests: reranker.rerank_many(requests), max(3, repeat // batch))
         results[f"reranker_{candidates_k}_candidates_batch{batch}"] = {
             **summary(samples), "per_request_ms": round(statistics.fmean(samples) / batch, 2)}
-    results["provider"] = scorer.provider
+    results["provider"] = reranker.provider
     return results
 
 
@@ -164,7 +160,7 @@ def main() -> int:
         "bundle_version": manifest["bundle_version"],
     }
     if args.only in (None, "stages"):
-        report["stages"] = bench_stages(args.bundle, args.repeat, retriever_candidates(args.env))
+        report["stages"] = bench_stages(args.bundle, args.repeat, args.env)
     if args.only in (None, "serve"):
         report["serve"] = bench_serve(args.bundle, args.env, args.requests, args.concurrency, args.port)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support_assistant.bundle.build import build_bundle
-from support_assistant.bundle.manifest import Bundle
+import yaml
+from support_assistant.build.bundle import build_bundle
+from support_assistant.config import PipelineConfig
+from support_assistant.runtime.bundle import Bundle
+from testmodels.decoder import build_test_decoder
 
-RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks"
+ROOT = Path(__file__).resolve().parents[2]
+RUNBOOKS = ROOT / "docs" / "runbooks"
+BASE_SERVE_CONFIG = ROOT / "base" / "support-assistant" / "serve-config.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -20,4 +25,11 @@ def local_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 @pytest.fixture(scope="session")
 def test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """The local bundle plus the tiny test decoder (abstractive path; never a default)."""
-    return build_bundle(tmp_path_factory.mktemp("bundle") / "test", profile="test", corpus_dir=RUNBOOKS)
+    return build_bundle(tmp_path_factory.mktemp("bundle") / "test", profile="test", corpus_dir=RUNBOOKS,
+                        test_generator=build_test_decoder)
+
+
+@pytest.fixture(scope="session")
+def base_config() -> PipelineConfig:
+    """Every stage's user_config as the base serveConfigV2 sets it (the values every overlay starts from)."""
+    return PipelineConfig.from_serve_config(yaml.safe_load(BASE_SERVE_CONFIG.read_text()))

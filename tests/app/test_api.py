@@ -1,10 +1,13 @@
 import json
 
 import pytest
-from support_assistant.api import Limits, error_body, parse_answer_request
+from support_assistant.api import error_body, parse_answer_request
+from support_assistant.config import IngressConfig
 from support_assistant.errors import InvalidInput, StageError
 
-LIMITS = Limits(max_body_bytes=1000, max_question_chars=50, top_k_min=1, top_k_max=5, default_top_k=3)
+TIMEOUTS = {"normalizer": 1, "retriever": 1, "reranker": 1, "generator": 1}
+LIMITS = IngressConfig(max_body_bytes=1000, max_question_chars=50, top_k_min=1, top_k_max=5, default_top_k=3,
+                       stage_timeouts_s=TIMEOUTS)
 
 
 def test_valid_request_with_default_top_k():
@@ -26,6 +29,11 @@ def test_valid_request_with_default_top_k():
         (b'{"question": "q", "top_k": "3"}', 400, "top_k", "invalid_input"),
         (b'{"question": "q", "top_k": true}', 400, "top_k", "invalid_input"),
         (b'{"question": "q", "mode": "x"}', 400, "mode", "invalid_input"),
+        (b'{"question": null}', 400, "question", "invalid_input"),
+        (b'{"question": ["a"]}', 400, "question", "invalid_input"),
+        (b'{"question": "q", "top_k": 2.5}', 400, "top_k", "invalid_input"),
+        (b'{"question": "q", "top_k": null}', 400, "top_k", "invalid_input"),
+        (b'"just a string"', 400, "body", "invalid_input"),
         (b'{"question": "' + b"x" * 1000 + b'"}', 413, "body", "body_too_large"),
         (b"\xff\xfe", 400, "body", "malformed_json"),
     ],
@@ -39,9 +47,10 @@ def test_rejections_name_the_field(body, status, field, code):
     assert payload["field"] == field and payload["message"].startswith(field)
 
 
-def test_limits_come_from_user_config_and_ignore_other_keys():
-    limits = Limits.from_config({"max_question_chars": 10, "stage_timeouts_s": {"normalizer": 1}})
-    assert limits.max_question_chars == 10 and limits.top_k_max == Limits().top_k_max
+def test_type_errors_say_what_was_sent():
+    with pytest.raises(InvalidInput) as info:
+        parse_answer_request(b'{"question": "q", "top_k": "3"}', LIMITS)
+    assert info.value.message == "must be an integer, got string"
 
 
 def test_stage_error_body_names_the_stage():

@@ -1,27 +1,27 @@
 import asyncio
 
 import pytest
-from support_assistant.api import AnswerRequest
+from support_assistant.api import ParsedRequest
 from support_assistant.errors import InvalidInput, StageError
 from support_assistant.pipeline import Stages, answer
+from support_assistant.schema import Answer, NormalizedQuestion, Passage, RankedPassage, Reranked
 
 TIMEOUTS = {"normalizer": 0.5, "retriever": 0.5, "reranker": 0.5, "generator": 0.5}
-PASSAGE = {"id": 0, "source": "a.md", "title": "T", "section": "S", "text": "body", "score": 2.0}
+PASSAGE = Passage(id=0, source="a.md", title="T", section="S", text="body", score=2.0)
 
 
 def stages(**overrides):
     async def normalize(q):
-        return {"text": q.strip(), "search_text": q.strip().lower(), "truncated": False}
+        return NormalizedQuestion(text=q.strip(), search_text=q.strip().lower(), truncated=False)
 
     async def retrieve(text):
         return [PASSAGE]
 
-    async def rerank(q, passages, k):
-        return {"passages": [{**p, "rerank_score": 0.9} for p in passages[:k]], "provider": "CPUExecutionProvider"}
+    async def rerank(request):
+        return Reranked([RankedPassage.of(p, 0.9) for p in request.passages[: request.top_k]], "CPUExecutionProvider")
 
-    async def generate(q, passages):
-        return {"text": "answer [1]", "mode": "extractive", "tokens": 0, "cited": [1],
-                "provider": "CPUExecutionProvider"}
+    async def generate(request):
+        return Answer(text="answer [1]", mode="extractive", cited=[1], provider="CPUExecutionProvider")
 
     funcs = {"normalize": normalize, "retrieve": retrieve, "rerank": rerank, "generate": generate}
     funcs.update(overrides)
@@ -29,13 +29,15 @@ def stages(**overrides):
 
 
 def run(s, question="Pod Pending", top_k=3):
-    return asyncio.run(answer(AnswerRequest(question, top_k), s, TIMEOUTS))
+    return asyncio.run(answer(ParsedRequest(question=question, top_k=top_k), s, TIMEOUTS))
 
 
 def test_happy_path_carries_sources_answer_and_timings():
     result = run(stages())
     assert result["answer"] == "answer [1]" and result["generator_mode"] == "extractive"
     assert result["sources"][0]["source"] == "a.md" and result["sources"][0]["rank"] == 1
+    assert result["sources"][0]["rerank_score"] == 0.9 and result["sources"][0]["retrieval_score"] == 2.0
+    assert result["providers"] == {"reranker": "CPUExecutionProvider", "generator": "CPUExecutionProvider"}
     assert set(result["timings_ms"]) == {"normalizer", "retriever", "reranker", "generator", "total"}
 
 
@@ -81,3 +83,18 @@ def test_invalid_input_raised_inside_a_stage_stays_a_4xx():
 
     with pytest.raises(InvalidInput):
         run(stages(normalize=reject))
+
+
+def test_the_real_stages_in_one_process(local_bundle, base_config):
+    """assemble.build_stages + in_process: the wiring the bench baseline and the Serve layer share."""
+    from support_assistant.api import AnswerResponse
+    from support_assistant.assemble import build_stages, in_process
+
+    loaded = build_stages(local_bundle.root, base_config)
+    result = asyncio.run(answer(ParsedRequest(question="worker pod Pending, no free nvidia.com/gpu", top_k=2),
+                                in_process(loaded), base_config.ingress.stage_timeouts_s.as_dict()))
+    assert result["sources"][0]["source"] == "RayGPUPodUnschedulable.md" and len(result["sources"]) == 2
+    assert result["generator_mode"] == "extractive" and "[1]" in result["answer"]
+    info = {"app": {"name": "support-assistant", "version": "0"}, "bundle_version": local_bundle.bundle_version,
+            "models": local_bundle.models_info()}
+    AnswerResponse.model_validate({**result, **info})  # the documented response schema holds

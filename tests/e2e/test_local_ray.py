@@ -89,6 +89,30 @@ def test_bad_input_gets_a_json_4xx_naming_the_problem(deployed, local_ray, body,
     assert payload["error"]["field"] == field and payload["error"]["message"]
 
 
+def get(url: str, method: str = "GET") -> tuple[int, dict]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_routing_errors_are_json_and_the_openapi_schema_is_served(deployed, local_ray):
+    status, payload = get(f"{local_ray.url}/v2/answer")
+    assert status == 404 and payload["error"]["code"] == "not_found" and payload["error"]["field"] == "path"
+    status, payload = get(f"{local_ray.url}/v1/answer")
+    assert status == 405 and payload["error"]["code"] == "method_not_allowed"
+    status, schema = get(f"{local_ray.url}/openapi.json")
+    assert status == 200 and schema["info"]["version"] == __version__
+    answer_op = schema["paths"]["/v1/answer"]["post"]
+    body = answer_op["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["question"] and body["additionalProperties"] is False
+    assert {"200", "400", "413", "504"} <= set(answer_op["responses"])
+    status, health = get(f"{local_ray.url}/healthz")
+    assert status == 200 and health["status"] == "ok" and health["app"]["version"] == __version__
+
+
 def test_a_stage_over_its_budget_answers_504_naming_it(local_ray):
     config = local_serve_config(local_ray.configs["dev"], local_ray.bundle_dir, local_ray.http_port)
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")

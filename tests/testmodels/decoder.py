@@ -178,7 +178,7 @@ def build_test_decoder(out_dir: str | Path, seed: int = 0) -> dict[str, str]:
         "name": TEST_DECODER_NAME,
         "revision": TEST_DECODER_REVISION,
         "kind": "decoder",
-        "source": f"generated:support_assistant.models.testing_decoder(seed={seed})",
+        "source": f"generated:testmodels.decoder(seed={seed})",
     }
     generation = {
         **info,

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from support_assistant.bundle import cli
-from support_assistant.bundle.build import build_bundle
-from support_assistant.bundle.manifest import (
+from support_assistant.build import cli
+from support_assistant.build.bundle import build_bundle
+from support_assistant.runtime.bundle import (
     MANIFEST_NAME,
     Bundle,
     BundleError,
@@ -17,7 +17,7 @@ from support_assistant.bundle.manifest import (
     load_bundle,
     sha256_file,
 )
-from support_assistant.models.testing_decoder import TEST_DECODER_NAME
+from testmodels.decoder import TEST_DECODER_NAME, build_test_decoder
 
 REPO = Path(__file__).resolve().parents[3]
 MODELS_FILE = REPO / "images" / "models.yaml"
@@ -34,7 +34,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return build_bundle(tmp_path_factory.mktemp("b") / "test-bundle", profile="test", models_file=MODELS_FILE)
+    return build_bundle(tmp_path_factory.mktemp("b") / "test-bundle", profile="test",
+                        test_generator=build_test_decoder, models_file=MODELS_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_build_is_idempotent_and_leaves_no_temporary_directories(local_bundle: B
 
 def test_rebuild_replaces_a_damaged_bundle(tmp_path: Path, copy_of: Path, test_bundle: Bundle) -> None:
     (copy_of / "generator" / "generation.json").write_text("{}")
-    rebuilt = build_bundle(copy_of, profile="test", models_file=MODELS_FILE)
+    rebuilt = build_bundle(copy_of, profile="test", test_generator=build_test_decoder, models_file=MODELS_FILE)
     assert rebuilt.bundle_version == test_bundle.bundle_version
     load_bundle(copy_of)
     assert _siblings(copy_of) == ["copy"]
@@ -165,7 +166,9 @@ def test_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path: Path) -> 
 def test_test_decoder_never_goes_into_other_profiles(tmp_path: Path) -> None:
     for profile in ("local", "production"):
         with pytest.raises(BundleError, match="test decoder only goes into 'test' bundles"):
-            build_bundle(tmp_path / "b", profile=profile, with_test_decoder=True, models_file=MODELS_FILE)
+            build_bundle(tmp_path / "b", profile=profile, test_generator=build_test_decoder, models_file=MODELS_FILE)
+    with pytest.raises(BundleError, match="'test' bundle needs the test's own generator"):
+        build_bundle(tmp_path / "b", profile="test", models_file=MODELS_FILE)
 
 
 def test_production_build_fails_cleanly_without_optimum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,7 +211,14 @@ def test_cli_build_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2 and "missing.yaml: models file not found" in err
 
 
-def test_cli_build(test_bundle: Bundle, copy_of: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["build", "--out", str(copy_of), "--profile", "test", "--models", str(MODELS_FILE)])
+def test_cli_build(local_bundle: Bundle, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["build", "--out", str(tmp_path / "b"), "--corpus", str(corpus), "--models", str(MODELS_FILE)])
     assert code == 0
-    assert json.loads(capsys.readouterr().out)["bundle_version"] == test_bundle.bundle_version
+    # Deterministic: the CLI builds the same bundle as the library call did.
+    assert json.loads(capsys.readouterr().out)["bundle_version"] == local_bundle.bundle_version
+
+
+def test_cli_has_no_test_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["build", "--out", str(tmp_path / "b"), "--profile", "test"])
+    assert exit_info.value.code == 2 and "invalid choice: 'test'" in capsys.readouterr().err

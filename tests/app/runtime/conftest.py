@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support_assistant.models.minilm_export import convert_minilm, minilm_package_dir
-from support_assistant.models.testing_decoder import build_test_decoder
+from support_assistant.build.minilm_export import convert_minilm, minilm_package_dir
+from testmodels.decoder import build_test_decoder
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import onnx
 import pytest
-from support_assistant.models.decoder import Decoder, Generation, GenerationConfig
-from support_assistant.models.testing_decoder import (
+from support_assistant.runtime.decoder import Decoder, Generation, GenerationConfig
+from testmodels.decoder import (
     EOS_ID,
     MAX_CONTEXT,
     NUM_LAYERS,

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from support_assistant.models.encoder import ENCODER_CONFIG, BiEncoder, CrossEncoder, load_reranker
-from support_assistant.models.minilm_export import MINILM_NAME, build_bert_onnx, load_bert_weights
-from support_assistant.models.reference_bert import ReferenceBert
-from support_assistant.models.session import make_session
+from support_assistant.build.minilm_export import MINILM_NAME, build_bert_onnx, load_bert_weights
+from support_assistant.runtime.encoder import ENCODER_CONFIG, BiEncoder, CrossEncoder, load_reranker
+from support_assistant.runtime.session import make_session
+from testmodels.reference_bert import ReferenceBert
 from tokenizers import Tokenizer
 
 SENTENCES = [

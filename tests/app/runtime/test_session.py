@@ -3,8 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support_assistant.models import session as ort_session
-from support_assistant.models.session import (
+from support_assistant.runtime import session as ort_session
+from support_assistant.runtime.session import (
     CPU,
     CUDA,
     PROVIDERS_ENV,

@@ -9,6 +9,7 @@ from ray.serve.deployment import Application, Deployment
 from ray.serve.schema import ServeDeploySchema
 from repoctl.paths import ENVIRONMENTS
 from repoctl.render import serve_config_of
+from support_assistant.config import USER_CONFIGS, AppArgs, PipelineConfig, parse
 
 
 @pytest.fixture(scope="module", params=ENVIRONMENTS)
@@ -33,6 +34,14 @@ def test_import_path_builds_the_app_and_every_deployment_exists(serve_config):
         in_code = {obj.name for obj in vars(module).values() if isinstance(obj, Deployment)}
         in_config = {d["name"] for d in app_config["deployments"]}
         assert in_config == in_code, f"config-only: {in_config - in_code}, code-only: {in_code - in_config}"
+
+
+def test_every_user_config_and_args_parse_with_the_typed_models(serve_config):
+    """What a replica's reconfigure() will accept: an unknown or misspelled key fails here, before merge."""
+    PipelineConfig.from_serve_config(serve_config)
+    for app_config in serve_config["applications"]:
+        parse(AppArgs, app_config["args"], "args")
+        assert {d["name"] for d in app_config["deployments"]} == set(USER_CONFIGS)
 
 
 def test_batch_sizes_fit_max_ongoing_requests(serve_config):

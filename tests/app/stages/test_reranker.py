@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
-from support_assistant.models.encoder import load_reranker
-from support_assistant.stages.reranker import RerankRequest, RerankStage
-from support_assistant.stages.retriever import Retriever, passage_dict
+from support_assistant.runtime.encoder import load_reranker
+from support_assistant.schema import Passage, RerankRequest
+from support_assistant.stages.reranker import RerankStage
+from support_assistant.stages.retriever import Retriever
 
 
 class WordOverlapScorer:
@@ -14,14 +15,15 @@ class WordOverlapScorer:
 
 
 def _passage(i, text):
-    return {"id": i, "source": f"{i}.md", "title": "t", "section": "s", "text": text, "score": 1.0}
+    return Passage(id=i, source=f"{i}.md", title="t", section="s", text=text, score=1.0)
 
 
 def test_orders_by_score_and_keeps_top_k():
     passages = [_passage(0, "nothing here"), _passage(1, "gpu pod pending"), _passage(2, "gpu")]
-    ranked = RerankStage(WordOverlapScorer()).rerank(RerankRequest("gpu pod pending", passages, top_k=2))
-    assert [p["id"] for p in ranked] == [1, 2]
-    assert ranked[0]["rerank_score"] > ranked[1]["rerank_score"]
+    ranked = RerankStage(WordOverlapScorer()).rerank(RerankRequest("gpu pod pending", passages, top_k=2)).passages
+    assert [p.id for p in ranked] == [1, 2]
+    assert ranked[0].rerank_score > ranked[1].rerank_score
+    assert ranked[0].text == "gpu pod pending" and ranked[0].score == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +39,20 @@ def requests(local_bundle):
         "container terminated with reason oomkilled exit code 137",
         "serve p99 latency",
     ]
-    return [RerankRequest(q, [passage_dict(p) for p in retriever.search(q, 8)], top_k=3) for q in questions]
+    return [RerankRequest(q, retriever.search(q, 8), top_k=3) for q in questions]
 
 
 def test_real_encoder_batched_equals_single(encoder, requests):
     stage = RerankStage(encoder)
     batched = stage.rerank_many(requests)
     for request, result in zip(requests, batched, strict=True):
-        single = stage.rerank(request)
-        assert [p["id"] for p in result] == [p["id"] for p in single]
-        np.testing.assert_allclose([p["rerank_score"] for p in result], [p["rerank_score"] for p in single],
+        single = stage.rerank(request).passages
+        assert [p.id for p in result.passages] == [p.id for p in single]
+        np.testing.assert_allclose([p.rerank_score for p in result.passages], [p.rerank_score for p in single],
                                    rtol=1e-4, atol=1e-5)
 
 
 def test_real_encoder_puts_the_matching_runbook_first(encoder, requests):
-    ranked = RerankStage(encoder).rerank(requests[1])
-    assert ranked[0]["source"] == "RayPodOOMKilled.md"
+    reranked = RerankStage(encoder).rerank(requests[1])
+    assert reranked.passages[0].source == "RayPodOOMKilled.md"
+    assert reranked.provider == "CPUExecutionProvider"

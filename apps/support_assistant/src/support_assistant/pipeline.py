@@ -13,10 +13,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from support_assistant.api import AnswerRequest
+from support_assistant.api import ParsedRequest
+from support_assistant.config import STAGES
 from support_assistant.errors import InvalidInput, StageError
+from support_assistant.schema import (
+    Answer,
+    GenerationRequest,
+    NormalizedQuestion,
+    Passage,
+    RankedPassage,
+    Reranked,
+    RerankRequest,
+)
 
-STAGES = ("normalizer", "retriever", "reranker", "generator")
+__all__ = ["NO_MATCH_ANSWER", "STAGES", "Stages", "answer"]
 
 NO_MATCH_ANSWER = (
     "No runbook passage matches this question. Try the symptom as the alert or kubectl shows it "
@@ -26,10 +36,10 @@ NO_MATCH_ANSWER = (
 
 @dataclass
 class Stages:
-    normalize: Callable[[str], Awaitable[dict]]  # -> {"text", "search_text", "truncated"}
-    retrieve: Callable[[str], Awaitable[list[dict]]]  # search text -> candidate passages
-    rerank: Callable[[str, list[dict], int], Awaitable[dict]]  # -> {"passages", "provider"}
-    generate: Callable[[str, list[dict]], Awaitable[dict]]  # -> {"text", "mode", "tokens", "provider", ...}
+    normalize: Callable[[str], Awaitable[NormalizedQuestion]]
+    retrieve: Callable[[str], Awaitable[list[Passage]]]  # search text -> candidate passages
+    rerank: Callable[[RerankRequest], Awaitable[Reranked]]
+    generate: Callable[[GenerationRequest], Awaitable[Answer]]
 
 
 async def _call(stage: str, timeout_s: float, awaitable: Awaitable[Any]) -> Any:
@@ -48,7 +58,8 @@ async def _call(stage: str, timeout_s: float, awaitable: Awaitable[Any]) -> Any:
                          f"{type(cause).__name__}: {str(cause)[:300]}") from None
 
 
-async def answer(request: AnswerRequest, stages: Stages, timeouts_s: dict[str, float]) -> dict:
+async def answer(request: ParsedRequest, stages: Stages, timeouts_s: dict[str, float]) -> dict[str, Any]:
+    """The response body (api.AnswerResponse without the app/bundle/models fields the ingress adds)."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -59,34 +70,37 @@ async def answer(request: AnswerRequest, stages: Stages, timeouts_s: dict[str, f
         finally:
             timings[stage] = round((time.perf_counter() - t0) * 1000, 2)
 
-    normalized = await timed("normalizer", stages.normalize(request.question))
-    candidates = await timed("retriever", stages.retrieve(normalized["search_text"]))
-    result: dict[str, Any] = {"question": request.question, "normalized_question": normalized["text"]}
+    normalized: NormalizedQuestion = await timed("normalizer", stages.normalize(request.question))
+    candidates: list[Passage] = await timed("retriever", stages.retrieve(normalized.search_text))
+    result: dict[str, Any] = {"question": request.question, "normalized_question": normalized.text}
     if not candidates:
         result.update(answer=NO_MATCH_ANSWER, generator_mode="none", sources=[], retrieval="empty")
     else:
-        reranked = await timed("reranker", stages.rerank(normalized["text"], candidates, request.top_k))
-        generated = await timed("generator", stages.generate(normalized["text"], reranked["passages"]))
+        reranked: Reranked = await timed(
+            "reranker", stages.rerank(RerankRequest(normalized.text, candidates, request.top_k)))
+        generated: Answer = await timed(
+            "generator", stages.generate(GenerationRequest(normalized.text, reranked.passages)))
         result.update(
-            answer=generated["text"],
-            generator_mode=generated["mode"],
-            sources=[_source(rank, p) for rank, p in enumerate(reranked["passages"], start=1)],
+            answer=generated.text,
+            generator_mode=generated.mode,
+            sources=[_source(rank, p) for rank, p in enumerate(reranked.passages, start=1)],
             retrieval="ok",
-            generation={k: generated[k] for k in ("tokens", "finish_reason", "cited") if k in generated},
-            providers={"reranker": reranked["provider"], "generator": generated.get("provider")},
+            generation={"tokens": generated.tokens, "finish_reason": generated.finish_reason,
+                        "cited": generated.cited},
+            providers={"reranker": reranked.provider, "generator": generated.provider},
         )
     timings["total"] = round((time.perf_counter() - started) * 1000, 2)
     result["timings_ms"] = timings
     return result
 
 
-def _source(rank: int, passage: dict) -> dict:
+def _source(rank: int, passage: RankedPassage) -> dict[str, Any]:
     return {
         "rank": rank,
-        "source": passage["source"],
-        "title": passage["title"],
-        "section": passage["section"],
-        "retrieval_score": round(passage["score"], 4),
-        "rerank_score": round(passage["rerank_score"], 4),
-        "text": passage["text"],
+        "source": passage.source,
+        "title": passage.title,
+        "section": passage.section,
+        "retrieval_score": round(passage.score, 4),
+        "rerank_score": round(passage.rerank_score, 4),
+        "text": passage.text,
     }

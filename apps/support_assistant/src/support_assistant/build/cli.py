@@ -1,6 +1,6 @@
 """`support-assistant-bundle`: build and verify model bundles.
 
-    support-assistant-bundle build --out DIR [--profile local|production|test] [--corpus DIR]
+    support-assistant-bundle build --out DIR [--profile local|production] [--corpus DIR]
                                    [--models images/models.yaml]
     support-assistant-bundle verify DIR
 
@@ -17,7 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from support_assistant.bundle.manifest import PROFILES, Bundle, BundleError, load_bundle
+from support_assistant.runtime.bundle import Bundle, BundleError, load_bundle
+
+# "test" bundles carry a test's own tiny decoder and are built by the tests themselves.
+CLI_PROFILES = ("local", "production")
 
 EXIT_ERROR = 2
 
@@ -30,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", parents=[common],
                            help="build a bundle (atomically; a no-op when already up to date)")
     build.add_argument("--out", required=True, type=Path, help="bundle directory to create or replace")
-    build.add_argument("--profile", choices=PROFILES, default="local",
-                       help="local (default, offline), production (pinned HF exports) or test")
+    build.add_argument("--profile", choices=CLI_PROFILES, default="local",
+                       help="local (default, offline) or production (pinned HF exports)")
     build.add_argument("--corpus", type=Path, default=None, help="corpus directory to index (BM25)")
     build.add_argument("--models", type=Path, default=None,
                        help="pinned models file (default: images/models.yaml)")
@@ -57,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             # Imported here: building pulls in onnx and the converters, verifying needs neither.
-            from support_assistant.bundle.build import DEFAULT_MODELS_FILE, build_bundle
+            from support_assistant.build.bundle import DEFAULT_MODELS_FILE, build_bundle
 
             if args.models is not None and not args.models.is_file():
                 raise BundleError(f"{args.models}: models file not found")

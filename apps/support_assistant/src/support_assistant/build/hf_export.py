@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from support_assistant.models.decoder import GENERATION_CONFIG
-from support_assistant.models.encoder import ENCODER_CONFIG, RERANKER_KINDS
+from support_assistant.runtime.decoder import GENERATION_CONFIG
+from support_assistant.runtime.encoder import ENCODER_CONFIG, RERANKER_KINDS
 
 MODEL_KINDS = (*RERANKER_KINDS, "decoder")
 ROLES = ("reranker", "generator")

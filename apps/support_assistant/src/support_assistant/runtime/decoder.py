@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from tokenizers import Tokenizer
 
-from support_assistant.models.session import active_provider, make_session
+from support_assistant.runtime.session import active_provider, make_session
 
 GENERATION_CONFIG = "generation.json"
 FinishReason = Literal["stop", "length", "eos"]

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from support_assistant.models.session import active_provider, make_session
+from support_assistant.runtime.session import active_provider, make_session
 
 ENCODER_CONFIG = "encoder.json"
 RERANKER_KINDS = ("bi-encoder", "cross-encoder")

@@ -2,7 +2,8 @@
 
 Ray prefixes every name with `ray_` and counters with `_total`, and adds the Serve tags
 (deployment, replica, application): e.g. ray_support_assistant_stage_errors_total{stage,reason}.
-The alert rules in base/monitoring use exactly these names.
+The alert rules in base/monitoring use exactly these names. Stage errors are counted once, by the
+ingress, which sees every stage's outcome (a replica never sees its own timeout or death).
 """
 
 from __future__ import annotations
@@ -34,17 +35,12 @@ class StageMetrics:
             boundaries=BATCH_BOUNDARIES,
             tag_keys=("stage",),
         )
-        self.errors = metrics.Counter(
-            "support_assistant_stage_errors",
-            description="Stage errors by reason (timeout, invalid_input, model_error, internal).",
-            tag_keys=("stage", "reason"),
-        )
         self.model_load_failures = metrics.Counter(
             "support_assistant_model_load_failures",
             description="Model or bundle loads that failed at replica start.",
             tag_keys=("model",),
         )
-        for metric in (self.latency, self.batch_size, self.errors):
+        for metric in (self.latency, self.batch_size):
             metric.set_default_tags({"stage": stage})
 
     @contextmanager
@@ -54,9 +50,6 @@ class StageMetrics:
             yield
         finally:
             self.latency.observe(time.perf_counter() - start)
-
-    def error(self, reason: str) -> None:
-        self.errors.inc(tags={"reason": reason})
 
 
 class IngressMetrics:
@@ -76,6 +69,6 @@ class IngressMetrics:
         )
         self.stage_errors = metrics.Counter(
             "support_assistant_stage_errors",
-            description="Stage errors by reason (timeout, invalid_input, model_error, internal).",
+            description="Requests that failed in a stage, by stage and reason (timeout, model_error, internal).",
             tag_keys=("stage", "reason"),
         )

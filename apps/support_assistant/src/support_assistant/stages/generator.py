@@ -4,18 +4,19 @@ Two modes, chosen by what the model bundle holds:
 - abstractive: a decoder-only language model (ONNX, KV cache) writes the answer from a prompt
   built from the passages, capped in tokens. What production images run.
 - extractive: no language model in the bundle; the answer is the passages' sentences most
-  relevant to the question, chosen and ordered with the ONNX encoder, each cited. What a laptop
-  gets from `make run` (the bundle holds only the real all-MiniLM-L6-v2 encoder).
+  relevant to the question, chosen with the ONNX encoder (with a small preference for better
+  ranked passages) and read in passage-rank order, each cited. What a laptop gets from
+  `make run` (the bundle holds only the real all-MiniLM-L6-v2 encoder).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from support_assistant.schema import Answer, GenerationRequest, RankedPassage
 from support_assistant.stages.reranker import Scorer
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(])")
@@ -24,21 +25,6 @@ _FENCE = re.compile(r"```.*?```", re.DOTALL)
 _MARKUP = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+|\*{1,2}(?=\S)|(?<=\S)\*{1,2}")
 _WORD = re.compile(r"\w+")
 _LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    question: str
-    passages: list[dict]  # reranked, best first; the answer cites them as [1], [2], ...
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    mode: str
-    tokens: int = 0  # generated tokens (abstractive), 0 for extractive
-    finish_reason: str = "stop"
-    cited: list[int] = field(default_factory=list)  # 1-based passage numbers the answer cites
 
 
 def split_sentences(text: str) -> list[str]:
@@ -79,6 +65,10 @@ class ExtractiveGenerator:
         # Small preference for sentences from passages the reranker put first.
         self.rank_weight = rank_weight
 
+    @property
+    def provider(self) -> str:
+        return getattr(self.scorer, "provider", "none")
+
     def answer_many(self, requests: Sequence[GenerationRequest]) -> list[Answer]:
         return [self.answer(r) for r in requests]
 
@@ -86,10 +76,10 @@ class ExtractiveGenerator:
         candidates = [
             (rank, position, sentence)
             for rank, passage in enumerate(request.passages)
-            for position, sentence in enumerate(split_sentences(passage["text"]))
+            for position, sentence in enumerate(split_sentences(passage.text))
         ]
         if not candidates:
-            return Answer(text="No runbook passage matches this question.", mode=self.mode)
+            return Answer(text="No runbook passage matches this question.", mode=self.mode, provider=self.provider)
         scores = np.asarray(self.scorer.score(request.question, [c[2] for c in candidates]), dtype=np.float32)
         scores = scores - self.rank_weight * np.asarray([c[0] for c in candidates], dtype=np.float32)
         chosen: list[tuple[int, int, str]] = []
@@ -105,7 +95,8 @@ class ExtractiveGenerator:
         # Read in document order: best passage first, its sentences in their own order.
         chosen.sort(key=lambda c: (c[0], c[1]))
         parts = [f"{s if s.endswith(('.', '!', '?')) else s + '.'} [{rank + 1}]" for rank, _, s in chosen]
-        return Answer(text=" ".join(parts), mode=self.mode, cited=sorted({rank + 1 for rank, _, _ in chosen}))
+        return Answer(text=" ".join(parts), mode=self.mode, cited=sorted({rank + 1 for rank, _, _ in chosen}),
+                      provider=self.provider)
 
 
 PROMPT_SYSTEM = (
@@ -114,18 +105,22 @@ PROMPT_SYSTEM = (
 )
 
 
+# The prompt ends each excerpt list with "Question:"; a model that starts a new one is done.
+PROMPT_STOP = ("\n\nQuestion:",)
+
+
 class AbstractiveGenerator:
     mode = "abstractive"
 
     def __init__(self, decoder, max_prompt_tokens: int = 1536, max_new_tokens: int = 192,
-                 temperature: float = 0.0, stop: Sequence[str] = ("\n\nQuestion:",)) -> None:
+                 temperature: float = 0.0, stop: Sequence[str] = PROMPT_STOP) -> None:
         self.decoder = decoder
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.stop = tuple(stop)
 
-    def build_prompt(self, question: str, passages: Sequence[dict]) -> str:
+    def build_prompt(self, question: str, passages: Sequence[RankedPassage]) -> str:
         """The chat prompt, with as many excerpts as fit in max_prompt_tokens (the last one cut)."""
         def render(excerpts: list[str]) -> str:
             context = "\n\n".join(excerpts)
@@ -134,7 +129,7 @@ class AbstractiveGenerator:
 
         excerpts: list[str] = []
         for number, passage in enumerate(passages, start=1):
-            excerpt = f"[{number}] {passage['title']} - {passage['section']}: {passage['text']}"
+            excerpt = f"[{number}] {passage.title} - {passage.section}: {passage.text}"
             room = self.max_prompt_tokens - self.decoder.count_tokens(render([*excerpts, ""]))
             if room <= 8:
                 break
@@ -157,5 +152,6 @@ class AbstractiveGenerator:
             cited = sorted({int(n) for n in re.findall(r"\[(\d+)\]", generation.text)
                             if 1 <= int(n) <= len(request.passages)})
             answers.append(Answer(text=generation.text.strip(), mode=self.mode, tokens=generation.tokens,
-                                  finish_reason=generation.finish_reason, cited=cited))
+                                  finish_reason=generation.finish_reason, cited=cited,
+                                  provider=self.decoder.provider))
         return answers

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 
 from support_assistant.errors import InvalidInput
+from support_assistant.schema import NormalizedQuestion
 
 _WHITESPACE = re.compile(r"\s+")
-
-
-@dataclass(frozen=True)
-class NormalizedQuestion:
-    text: str  # NFKC, control characters removed, whitespace collapsed: what the models read
-    search_text: str  # text, case-folded: what the lexical retriever matches on
-    truncated: bool
 
 
 class Normalizer:

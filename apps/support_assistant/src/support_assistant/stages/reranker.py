@@ -1,17 +1,18 @@
 """Reranker stage: rescores BM25 candidates with a transformer (ONNX) and keeps the top k.
 
 Works with any scorer exposing `score(query, passages) -> scores` (bi-encoder cosine or
-cross-encoder logit, see support_assistant.models.encoder). Several requests are scored in one
+cross-encoder logit, see support_assistant.runtime.encoder). Several requests are scored in one
 call so the Serve layer can batch them (@serve.batch) into fewer, larger model runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from support_assistant.schema import Passage, RankedPassage, Reranked, RerankRequest
 
 
 class Scorer(Protocol):
@@ -26,33 +27,31 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class RerankRequest:
-    query: str
-    passages: list[dict]  # Passage dicts from the retriever
-    top_k: int
-
-
-def passage_text(passage: dict) -> str:
+def passage_text(passage: Passage) -> str:
     # The section heading says what the passage is about ("Symptom", "First checks"), which the
     # body alone often does not.
-    return f"{passage['title']}. {passage['section']}. {passage['text']}"
+    return f"{passage.title}. {passage.section}. {passage.text}"
 
 
 class RerankStage:
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
 
-    def rerank(self, request: RerankRequest) -> list[dict]:
+    @property
+    def provider(self) -> str:
+        return getattr(self.scorer, "provider", "none")
+
+    def rerank(self, request: RerankRequest) -> Reranked:
         return self.rerank_many([request])[0]
 
-    def rerank_many(self, requests: Sequence[RerankRequest]) -> list[list[dict]]:
+    def rerank_many(self, requests: Sequence[RerankRequest]) -> list[Reranked]:
         """Rerank several requests with as few model runs as the scorer allows."""
         all_scores = self._score_all(requests)
         results = []
         for request, scores in zip(requests, all_scores, strict=True):
             order = np.argsort(-scores, kind="stable")[: request.top_k]
-            results.append([{**request.passages[i], "rerank_score": float(scores[i])} for i in order])
+            ranked = [RankedPassage.of(request.passages[i], float(scores[i])) for i in order]
+            results.append(Reranked(passages=ranked, provider=self.provider))
         return results
 
     def _score_all(self, requests: Sequence[RerankRequest]) -> list[np.ndarray]:

@@ -1,0 +1,100 @@
+"""From a bundle and the typed config to the stage objects: the one place that wires them.
+
+Each Serve replica loads only its own stage (`load_retriever`, `load_reranker_stage`,
+`load_generator`); `build_stages` loads all of them in one process for the tests and the bench's
+single-process baseline, and `in_process` turns them into the async callables `pipeline.answer`
+takes, so every caller runs exactly the same objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from support_assistant.config import GeneratorConfig, PipelineConfig
+from support_assistant.pipeline import Stages
+from support_assistant.runtime.bundle import Bundle, BundleError, load_bundle
+from support_assistant.runtime.decoder import Decoder
+from support_assistant.runtime.encoder import load_reranker
+from support_assistant.schema import GenerationRequest, RerankRequest
+from support_assistant.stages.generator import AbstractiveGenerator, ExtractiveGenerator
+from support_assistant.stages.normalizer import Normalizer
+from support_assistant.stages.reranker import RerankStage
+from support_assistant.stages.retriever import Retriever
+
+Generator = ExtractiveGenerator | AbstractiveGenerator
+
+
+def load_retriever(bundle: Bundle) -> Retriever:
+    if bundle.index_dir is None:
+        raise BundleError(f"{bundle.root}: the bundle has no retrieval index (build it with --corpus)")
+    return Retriever(bundle.index_dir)
+
+
+def load_reranker_stage(bundle: Bundle) -> RerankStage:
+    return RerankStage(load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"]))
+
+
+def load_generator(bundle: Bundle, config: GeneratorConfig) -> Generator:
+    """Abstractive when the bundle holds a language model, else extractive over the reranker's encoder."""
+    generator: Generator
+    if bundle.generator_dir is not None:
+        generator = AbstractiveGenerator(Decoder(bundle.generator_dir))
+    else:
+        generator = ExtractiveGenerator(load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"]))
+    configure_generator(generator, config)
+    return generator
+
+
+def configure_generator(generator: Generator, config: GeneratorConfig) -> None:
+    if isinstance(generator, AbstractiveGenerator):
+        generator.max_new_tokens = config.max_new_tokens
+        generator.max_prompt_tokens = config.max_prompt_tokens
+        generator.temperature = config.temperature
+    else:
+        generator.sentences = config.answer_sentences
+
+
+@dataclass
+class PipelineStages:
+    """Every stage of the pipeline, loaded in one process."""
+
+    bundle: Bundle
+    config: PipelineConfig
+    normalizer: Normalizer
+    retriever: Retriever
+    reranker: RerankStage
+    generator: Generator
+
+
+def build_stages(bundle_dir: str | Path, config: PipelineConfig, *, verify: bool = True) -> PipelineStages:
+    bundle = load_bundle(bundle_dir, verify=verify)
+    return PipelineStages(
+        bundle=bundle,
+        config=config,
+        normalizer=Normalizer(max_chars=config.normalizer.max_chars),
+        retriever=load_retriever(bundle),
+        reranker=load_reranker_stage(bundle),
+        generator=load_generator(bundle, config.generator),
+    )
+
+
+def in_process(stages: PipelineStages) -> Stages:
+    """The stages as pipeline.answer's async callables, model work on worker threads (ONNX Runtime
+    releases the GIL) so an event loop serving HTTP stays responsive."""
+    candidates = stages.config.retriever.candidates
+
+    async def normalize(question: str):
+        return stages.normalizer.normalize(question)
+
+    async def retrieve(search_text: str):
+        return await asyncio.to_thread(stages.retriever.search, search_text, candidates)
+
+    async def rerank(request: RerankRequest):
+        return await asyncio.to_thread(stages.reranker.rerank, request)
+
+    async def generate(request: GenerationRequest):
+        return (await asyncio.to_thread(stages.generator.answer_many, [request]))[0]
+
+    return Stages(normalize=normalize, retrieve=retrieve, rerank=rerank, generate=generate)
