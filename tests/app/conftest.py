@@ -1,4 +1,4 @@
-"""Bundles for the stage tests, built once per session from the real runbooks."""
+"""Models and bundles for the app tests, built once per session (converting MiniLM takes ~2 s)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support_assistant.build.bundle import build_bundle
+from support_assistant.bundler.bundle import build_bundle
+from support_assistant.bundler.minilm_export import convert_minilm, minilm_package_dir
 from support_assistant.config import PipelineConfig
 from support_assistant.runtime.bundle import Bundle
 from testmodels.decoder import build_test_decoder
@@ -33,3 +34,22 @@ def test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 def base_config() -> PipelineConfig:
     """Every stage's user_config as the base serveConfigV2 sets it (the values every overlay starts from)."""
     return PipelineConfig.from_serve_config(yaml.safe_load(BASE_SERVE_CONFIG.read_text()))
+
+
+@pytest.fixture(scope="session")
+def minilm_source_dir() -> Path:
+    return minilm_package_dir()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("minilm")
+    convert_minilm(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def test_decoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("test-decoder")
+    build_test_decoder(out)
+    return out

@@ -6,7 +6,7 @@ Layers, lowest first; a module may import its own layer and lower ones only:
   2  stages                           the pipeline's plain classes
   3  api, pipeline, assemble          the request path without Ray, and the wiring
   4  serving                          Ray Serve deployments and the HTTP ingress
-  build                               the bundle builder: may import layers 0-2, and nothing imports it
+  bundler                             the bundle builder: may import layers 0-2, and nothing imports it
 Tests (tests/testmodels) are never imported by the package.
 """
 
@@ -22,7 +22,7 @@ LAYERS = {
     "support_assistant": 0, "errors": 0, "schema": 0, "config": 0,
     "runtime": 1, "stages": 2, "api": 3, "pipeline": 3, "assemble": 3, "serving": 4,
 }
-BUILD_MAY_IMPORT = {"support_assistant", "errors", "schema", "config", "runtime", "stages", "build"}
+BUILD_MAY_IMPORT = {"support_assistant", "errors", "schema", "config", "runtime", "stages", "bundler"}
 
 
 def _room(module: str) -> str:
@@ -68,7 +68,7 @@ def _edges() -> list[tuple[str, str]]:
 
 
 def test_the_graph_was_read() -> None:
-    assert {"support_assistant.serving.app", "support_assistant.build.bundle", "support_assistant.runtime.encoder",
+    assert {"support_assistant.serving.app", "support_assistant.bundler.bundle", "support_assistant.runtime.encoder",
             "support_assistant.stages.reranker", "support_assistant.assemble"} <= MODULES
     assert ("support_assistant.serving.app", "support_assistant.serving.ingress") in _edges()
 
@@ -81,7 +81,7 @@ def test_no_test_code_in_the_package() -> None:
 
 def test_serving_code_never_imports_the_builder() -> None:
     offenders = [f"{m} imports {t}" for m, t in _edges()
-                 if _room(m) != "build" and _room(t) == "build"]
+                 if _room(m) != "bundler" and _room(t) == "bundler"]
     assert offenders == []
 
 
@@ -89,9 +89,9 @@ def test_no_upward_import() -> None:
     offenders = []
     for module, target in _edges():
         source, dest = _room(module), _room(target)
-        if source == "build":
+        if source == "bundler":
             if dest not in BUILD_MAY_IMPORT:
-                offenders.append(f"{module} (build) imports {target} ({dest})")
+                offenders.append(f"{module} (bundler) imports {target} ({dest})")
         elif dest in LAYERS and LAYERS[dest] > LAYERS[source]:
             offenders.append(f"{module} (layer {LAYERS[source]}) imports {target} (layer {LAYERS[dest]})")
     assert offenders == []
@@ -99,7 +99,7 @@ def test_no_upward_import() -> None:
 
 def test_every_room_has_a_layer() -> None:
     rooms = {_room(m) for m in MODULES}
-    assert rooms <= set(LAYERS) | {"build"}, rooms - set(LAYERS) - {"build"}
+    assert rooms <= set(LAYERS) | {"bundler"}, rooms - set(LAYERS) - {"bundler"}
 
 
 def test_no_import_cycle() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from repoctl.local_run import logical_cpus_needed, start_ray
 from repoctl.render import serve_config_of
-from support_assistant.build.bundle import build_bundle
+from support_assistant.bundler.bundle import build_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 

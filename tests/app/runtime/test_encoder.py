@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from support_assistant.build.minilm_export import MINILM_NAME, build_bert_onnx, load_bert_weights
+from support_assistant.bundler.minilm_export import MINILM_NAME, build_bert_onnx, load_bert_weights
 from support_assistant.runtime.encoder import ENCODER_CONFIG, BiEncoder, CrossEncoder, load_reranker
 from support_assistant.runtime.session import make_session
 from testmodels.reference_bert import ReferenceBert

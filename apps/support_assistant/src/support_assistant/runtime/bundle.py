@@ -1,6 +1,6 @@
 """Reading a model bundle: what it contains (manifest.json), and proof that it is intact.
 
-The bundle builder (support_assistant.build) writes bundles in this format; serving code only reads
+The bundle builder (support_assistant.bundler) writes bundles in this format; serving code only reads
 and verifies them, so everything a replica needs about the format lives here.
 
 A bundle is a directory with `manifest.json`, `reranker/`, optionally `generator/` and `index/`.

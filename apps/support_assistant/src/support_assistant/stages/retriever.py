@@ -1,7 +1,7 @@
 """Retriever stage: BM25 (bm25s) over passages of Markdown/text documents chunked by section.
 
 The index is built ahead of time (image build, or `make bundle` locally) by
-support_assistant.build.index and loaded read-only at replica start, so a replica never tokenizes
+support_assistant.bundler.index and loaded read-only at replica start, so a replica never tokenizes
 the corpus on the request path. The files below are the format the two share.
 """
 

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 import pytest
-from support_assistant.build.index import build_index, chunk_markdown
+from support_assistant.bundler.index import build_index, chunk_markdown
 from support_assistant.stages.retriever import Retriever
 
 

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             # Imported here: building pulls in onnx and the converters, verifying needs neither.
-            from support_assistant.build.bundle import DEFAULT_MODELS_FILE, build_bundle
+            from support_assistant.bundler.bundle import DEFAULT_MODELS_FILE, build_bundle
 
             if args.models is not None and not args.models.is_file():
                 raise BundleError(f"{args.models}: models file not found")

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support_assistant.build import cli
-from support_assistant.build.bundle import build_bundle
+from support_assistant.bundler import cli
+from support_assistant.bundler.bundle import build_bundle
 from support_assistant.runtime.bundle import (
     MANIFEST_NAME,
     Bundle,

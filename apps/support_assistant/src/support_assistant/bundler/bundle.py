@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from support_assistant import __version__
-from support_assistant.build.hf_export import ExportError, PinnedModel, export_hf_model, load_models_file
-from support_assistant.build.index import build_index
-from support_assistant.build.minilm_export import ConversionError, convert_minilm, minilm_source
+from support_assistant.bundler.hf_export import ExportError, PinnedModel, export_hf_model, load_models_file
+from support_assistant.bundler.index import build_index
+from support_assistant.bundler.minilm_export import ConversionError, convert_minilm, minilm_source
 from support_assistant.runtime.bundle import (
     MANIFEST_NAME,
     PROFILES,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support_assistant.build.hf_export import (
+from support_assistant.bundler.hf_export import (
     ExportError,
     PinnedModel,
     export_hf_model,
@@ -18,7 +18,7 @@ from support_assistant.build.hf_export import (
     load_models_file,
     main_export_kwargs,
 )
-from support_assistant.build.minilm_export import minilm_source
+from support_assistant.bundler.minilm_export import minilm_source
 from support_assistant.runtime.decoder import Decoder
 
 REPO = Path(__file__).resolve().parents[3]
