@@ -230,7 +230,7 @@ def test_runtime_requirements_command_of_the_dockerfile_runs(parsed) -> None:
 
 
 def test_bundle_commands_of_the_dockerfile_parse_with_the_real_cli(parsed) -> None:
-    from support_assistant.build.cli import _parser
+    from support_assistant.bundler.cli import _parser
 
     _, stages = parsed
     parts = [shlex.split(part) for run in stages[0].all("RUN") for part in run.split("&&")
