@@ -92,6 +92,38 @@ def test_local_profile_has_no_generator_and_an_index(local_bundle: Bundle, corpu
     Retriever(local_bundle.index_dir)  # the index in the bundle loads
 
 
+def test_local_bundle_caches_every_passage_and_sentence_vector(local_bundle: Bundle) -> None:
+    from support_assistant.assemble import load_vectors
+    from support_assistant.stages.generator import split_sentences
+    from support_assistant.stages.retriever import Retriever
+
+    entry = local_bundle.embeddings
+    assert entry is not None and entry["path"] == "embeddings"
+    assert entry["model_sha256"] == local_bundle.files["reranker/model.onnx"]
+    assert {f for f in local_bundle.files if f.startswith("embeddings/")} == {
+        "embeddings/passages.npy", "embeddings/sentences.npy", "embeddings/vectors.json"}
+    vectors = load_vectors(local_bundle)
+    chunks = [json.loads(line) for line in (local_bundle.index_dir / "chunks.jsonl").read_text().splitlines()]
+    assert vectors is not None and len(vectors.passages) == len(chunks) == len(Retriever(local_bundle.index_dir))
+    assert vectors.sentence_texts == [s for c in chunks for s in split_sentences(c["text"])]
+
+
+def test_bundle_without_index_has_no_vector_cache(test_bundle: Bundle) -> None:
+    assert test_bundle.embeddings is None
+
+
+def test_vector_cache_from_another_model_is_refused(local_bundle: Bundle, tmp_path: Path) -> None:
+    from support_assistant.assemble import load_vectors
+
+    copy = tmp_path / "stale"
+    shutil.copytree(local_bundle.root, copy)
+    m = json.loads((copy / MANIFEST_NAME).read_text())
+    m["embeddings"]["model_sha256"] = "0" * 64
+    (copy / MANIFEST_NAME).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"embeddings were computed from reranker/model\.onnx"):
+        load_vectors(load_bundle(copy))
+
+
 def test_build_is_idempotent_and_leaves_no_temporary_directories(local_bundle: Bundle, corpus: Path) -> None:
     manifest = local_bundle.root / MANIFEST_NAME
     before = manifest.stat().st_mtime_ns

@@ -7,9 +7,12 @@ from support_assistant.runtime import session as ort_session
 from support_assistant.runtime.session import (
     CPU,
     CUDA,
+    OMP_THREADS_ENV,
     PROVIDERS_ENV,
+    RAYON_THREADS_ENV,
     THREADS_ENV,
     active_provider,
+    cap_tokenizer_threads,
     choose_providers,
     intra_op_threads,
     make_session,
@@ -35,6 +38,10 @@ def test_env_override_naming_a_missing_provider_is_an_error() -> None:
 
 def test_threads_default_to_one_and_env_overrides() -> None:
     assert intra_op_threads({}) == 1
+    # What Ray sets in a replica given num_cpus: 2; the explicit variable still wins.
+    assert intra_op_threads({OMP_THREADS_ENV: "2"}) == 2
+    assert intra_op_threads({OMP_THREADS_ENV: "2", THREADS_ENV: "1"}) == 1
+    assert intra_op_threads({OMP_THREADS_ENV: "0"}) == 1
     assert intra_op_threads({THREADS_ENV: "3"}) == 3
     for bad in ("0", "-1", "two"):
         with pytest.raises(ValueError, match=THREADS_ENV):
@@ -60,3 +67,11 @@ def test_session_uses_env_threads(test_decoder_dir: Path, monkeypatch: pytest.Mo
 def test_missing_model_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.onnx"):
         make_session(tmp_path / "nope.onnx")
+
+
+def test_tokenizer_pool_capped_unless_already_set() -> None:
+    env: dict[str, str] = {}
+    cap_tokenizer_threads(2, env)
+    assert env == {RAYON_THREADS_ENV: "2"}
+    cap_tokenizer_threads(1, env)
+    assert env == {RAYON_THREADS_ENV: "2"}

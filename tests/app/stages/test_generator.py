@@ -80,3 +80,24 @@ def test_abstractive_reports_what_the_decoder_did(decoder):
     assert (answer.tokens, answer.finish_reason) == (expected.tokens, expected.finish_reason)
     assert 0 < answer.tokens <= 5
     assert answer.provider == "CPUExecutionProvider"
+
+
+def test_extractive_with_cached_vectors_answers_as_without(local_bundle):
+    from support_assistant.assemble import load_vectors
+    from support_assistant.schema import RerankRequest
+    from support_assistant.stages.reranker import RerankStage
+    from support_assistant.stages.retriever import Retriever
+
+    encoder = load_reranker(local_bundle.reranker_dir, "bi-encoder")
+    vectors = load_vectors(local_bundle)
+    retriever = Retriever(local_bundle.index_dir)
+    requests = []
+    for question in ("pod stuck pending waiting for a gpu node", "replica keeps restarting with OOMKilled",
+                     "my rayservice is stuck initializing after a deploy"):
+        ranked = RerankStage(encoder, vectors).rerank(RerankRequest(question, retriever.search(question, 10), 3))
+        requests.append(GenerationRequest(question, ranked.passages))
+    requests.append(GenerationRequest("why is my gpu pod pending", PASSAGES))  # not from the corpus: embedded
+    cached = ExtractiveGenerator(encoder, vectors=vectors)
+    plain = ExtractiveGenerator(encoder)
+    assert cached.answer_many(requests) == plain.answer_many(requests)
+    assert [cached.answer(r) for r in requests] == [plain.answer(r) for r in requests]

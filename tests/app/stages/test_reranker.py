@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from support_assistant.runtime.encoder import load_reranker
@@ -56,3 +58,43 @@ def test_real_encoder_puts_the_matching_runbook_first(encoder, requests):
     reranked = RerankStage(encoder).rerank(requests[1])
     assert reranked.passages[0].source == "RayPodOOMKilled.md"
     assert reranked.provider == "CPUExecutionProvider"
+
+
+class CountingEncoder:
+    """The real encoder, recording how many texts each call embeds."""
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, []
+
+    def embed(self, texts):
+        self.calls.append(len(texts))
+        return self.encoder.embed(texts)
+
+
+@pytest.fixture(scope="module")
+def vectors(local_bundle):
+    from support_assistant.assemble import load_vectors
+
+    return load_vectors(local_bundle)
+
+
+def test_cached_vectors_give_the_uncached_ranking_and_scores(encoder, requests, vectors):
+    everything = [replace(r, top_k=len(r.passages)) for r in requests]
+    counting = CountingEncoder(encoder)
+    cached = RerankStage(counting, vectors).rerank_many(everything)
+    assert counting.calls == [len(requests)], "only the questions are embedded"
+    for plain, fast in zip(RerankStage(encoder).rerank_many(everything), cached, strict=True):
+        assert [p.id for p in fast.passages] == [p.id for p in plain.passages]
+        np.testing.assert_allclose([p.rerank_score for p in fast.passages], [p.rerank_score for p in plain.passages],
+                                   atol=1e-5)
+
+
+def test_passage_the_cache_does_not_hold_is_embedded(encoder, requests, vectors):
+    edited = [replace(p, text=p.text + " Edited after the bundle was built.") if i == 0 else p
+              for i, p in enumerate(requests[0].passages)]
+    request = RerankRequest(requests[0].query, edited, top_k=len(edited))
+    counting = CountingEncoder(encoder)
+    fast = RerankStage(counting, vectors).rerank(request)
+    assert counting.calls == [1 + len(edited)], "the request falls back to embedding its passages"
+    plain = RerankStage(encoder).rerank(request)
+    assert [p.id for p in fast.passages] == [p.id for p in plain.passages]

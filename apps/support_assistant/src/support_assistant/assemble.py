@@ -16,6 +16,7 @@ from support_assistant.config import GeneratorConfig, PipelineConfig
 from support_assistant.pipeline import Stages
 from support_assistant.runtime.bundle import Bundle, BundleError, load_bundle
 from support_assistant.runtime.decoder import Decoder
+from support_assistant.runtime.embeddings import CachedVectors, EmbeddingsError, load_cached_vectors
 from support_assistant.runtime.encoder import load_reranker
 from support_assistant.schema import GenerationRequest, RerankRequest
 from support_assistant.stages.generator import AbstractiveGenerator, ExtractiveGenerator
@@ -32,17 +33,30 @@ def load_retriever(bundle: Bundle) -> Retriever:
     return Retriever(bundle.index_dir)
 
 
-def load_reranker_stage(bundle: Bundle) -> RerankStage:
-    return RerankStage(load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"]))
+def load_vectors(bundle: Bundle) -> CachedVectors | None:
+    """The bundle's precomputed corpus vectors (bi-encoder bundles built with a corpus), else None."""
+    if bundle.embeddings is None:
+        return None
+    try:
+        return load_cached_vectors(bundle.root / bundle.embeddings["path"], bundle.embeddings, bundle.files)
+    except EmbeddingsError as exc:
+        # A cache that does not belong to this bundle's model is a broken bundle, not a slow path.
+        raise BundleError(str(exc)) from None
 
 
-def load_generator(bundle: Bundle, config: GeneratorConfig) -> Generator:
+def load_reranker_stage(bundle: Bundle, vectors: CachedVectors | None = None) -> RerankStage:
+    return RerankStage(load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"]),
+                       vectors if vectors is not None else load_vectors(bundle))
+
+
+def load_generator(bundle: Bundle, config: GeneratorConfig, vectors: CachedVectors | None = None) -> Generator:
     """Abstractive when the bundle holds a language model, else extractive over the reranker's encoder."""
     generator: Generator
     if bundle.generator_dir is not None:
         generator = AbstractiveGenerator(Decoder(bundle.generator_dir))
     else:
-        generator = ExtractiveGenerator(load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"]))
+        generator = ExtractiveGenerator(load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"]),
+                                        vectors=vectors if vectors is not None else load_vectors(bundle))
     configure_generator(generator, config)
     return generator
 
@@ -70,13 +84,14 @@ class PipelineStages:
 
 def build_stages(bundle_dir: str | Path, config: PipelineConfig, *, verify: bool = True) -> PipelineStages:
     bundle = load_bundle(bundle_dir, verify=verify)
+    vectors = load_vectors(bundle)
     return PipelineStages(
         bundle=bundle,
         config=config,
         normalizer=Normalizer(max_chars=config.normalizer.max_chars),
         retriever=load_retriever(bundle),
-        reranker=load_reranker_stage(bundle),
-        generator=load_generator(bundle, config.generator),
+        reranker=load_reranker_stage(bundle, vectors),
+        generator=load_generator(bundle, config.generator, vectors),
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from support_assistant import __version__
+from support_assistant.bundler.embeddings import build_embeddings
 from support_assistant.bundler.hf_export import ExportError, PinnedModel, export_hf_model, load_models_file
 from support_assistant.bundler.index import build_index
 from support_assistant.bundler.minilm_export import ConversionError, convert_minilm, minilm_source
@@ -46,11 +47,12 @@ ModelWriter = Callable[[Path], Mapping[str, str]]
 
 
 def write_manifest(bundle_dir: str | Path, *, profile: str, models: Mapping[str, Mapping[str, Any]],
-                   index: Mapping[str, Any] | None, created_by: str) -> dict[str, Any]:
+                   index: Mapping[str, Any] | None, created_by: str,
+                   embeddings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Hash every file in `bundle_dir` and write manifest.json. Returns the manifest.
 
     `models` maps role -> {name, revision, kind, source, path}; `index` is the retriever's
-    build_index() result plus its "path", or None.
+    build_index() result plus its "path", or None; `embeddings` is build_embeddings()'s entry, or None.
     """
     root = Path(bundle_dir)
     if profile not in PROFILES:
@@ -64,6 +66,8 @@ def write_manifest(bundle_dir: str | Path, *, profile: str, models: Mapping[str,
     }
     if index is not None:
         manifest["index"] = dict(index)
+    if embeddings is not None:
+        manifest["embeddings"] = dict(embeddings)
     manifest["files"] = files
     check_manifest(manifest)
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -127,7 +131,12 @@ def _assemble(root: Path, profile: str, pinned: dict[str, PinnedModel], models_f
                     raise BundleError(str(exc)) from None
                 models[role] = {**info, "path": role}
     index = _build_index(corpus_dir, root / "index") if corpus_dir is not None else None
-    write_manifest(root, profile=profile, models=models, index=index, created_by=CREATED_BY)
+    embeddings = None
+    if index is not None and models["reranker"]["kind"] == "bi-encoder":
+        # A bi-encoder's corpus vectors are known now; a cross-encoder scores (question, passage)
+        # pairs, so there is nothing to compute ahead of the question.
+        embeddings = build_embeddings(root, models["reranker"]["path"], index["path"])
+    write_manifest(root, profile=profile, models=models, index=index, created_by=CREATED_BY, embeddings=embeddings)
 
 
 def _check_target(out: Path) -> None:

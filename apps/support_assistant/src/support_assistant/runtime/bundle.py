@@ -3,7 +3,8 @@
 The bundle builder (support_assistant.bundler) writes bundles in this format; serving code only reads
 and verifies them, so everything a replica needs about the format lives here.
 
-A bundle is a directory with `manifest.json`, `reranker/`, optionally `generator/` and `index/`.
+A bundle is a directory with `manifest.json`, `reranker/`, optionally `generator/`, `index/` and
+`embeddings/` (a bi-encoder's passage and sentence vectors, see support_assistant.runtime.embeddings).
 The manifest lists the sha256 of every other file; `bundle_version` is derived from that list,
 so two bundles with the same content have the same version and promotion can compare them.
 """
@@ -81,8 +82,9 @@ def check_manifest(m: Any) -> None:
                 raise BundleError(f"{MANIFEST_NAME}: field 'models.{role}.{key}' is missing or not a string")
         if f"{entry['path']}/model.onnx" not in m["files"]:
             raise BundleError(f"{MANIFEST_NAME}: models.{role} has no {entry['path']}/model.onnx in 'files'")
-    if "index" in m and (not isinstance(m["index"], dict) or not isinstance(m["index"].get("path"), str)):
-        raise BundleError(f"{MANIFEST_NAME}: field 'index.path' is missing or not a string")
+    for optional in ("index", "embeddings"):
+        if optional in m and (not isinstance(m[optional], dict) or not isinstance(m[optional].get("path"), str)):
+            raise BundleError(f"{MANIFEST_NAME}: field '{optional}.path' is missing or not a string")
     for rel, digest in m["files"].items():
         if not isinstance(digest, str) or len(digest) != 64:
             raise BundleError(f"{MANIFEST_NAME}: files[{rel!r}] is not a sha256 hex digest")
@@ -100,6 +102,7 @@ class Bundle:
     models: dict[str, dict[str, str]]
     index: dict[str, Any] | None
     files: dict[str, str]
+    embeddings: dict[str, Any] | None = None
 
     def model_dir(self, role: str) -> Path | None:
         entry = self.models.get(role)
@@ -116,6 +119,10 @@ class Bundle:
     @property
     def index_dir(self) -> Path | None:
         return None if self.index is None else self.root / self.index["path"]
+
+    @property
+    def embeddings_dir(self) -> Path | None:
+        return None if self.embeddings is None else self.root / self.embeddings["path"]
 
     @property
     def has_generator(self) -> bool:
@@ -175,4 +182,5 @@ def load_bundle(bundle_dir: str | Path, *, verify: bool = True) -> Bundle:
         models=m["models"],
         index=m.get("index"),
         files=files,
+        embeddings=m.get("embeddings"),
     )

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from support_assistant.runtime.session import active_provider, make_session
+from support_assistant.runtime.session import active_provider, cap_tokenizer_threads, intra_op_threads, make_session
 
 ENCODER_CONFIG = "encoder.json"
 RERANKER_KINDS = ("bi-encoder", "cross-encoder")
@@ -53,7 +53,7 @@ class _OnnxEncoderBase:
     kind: str
 
     def __init__(self, model_dir: str | Path, *, max_batch_size: int = DEFAULT_MAX_BATCH,
-                 default_max_length: int = 512) -> None:
+                 default_max_length: int = 512, threads: int | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.model_dir = Path(model_dir)
@@ -62,10 +62,11 @@ class _OnnxEncoderBase:
         self.revision: str = self.config.get("revision", "unknown")
         self.max_length = int(self.config.get("max_length", default_max_length))
         self.max_batch_size = max_batch_size
+        cap_tokenizer_threads(intra_op_threads() if threads is None else threads)
         self.tokenizer = _load_tokenizer(self.model_dir / "tokenizer.json", self.max_length)
         pad = self.tokenizer.token_to_id("[PAD]")
         self.pad_id = int(self.config.get("pad_token_id", 0 if pad is None else pad))
-        self.session = make_session(self.model_dir / "model.onnx")
+        self.session = make_session(self.model_dir / "model.onnx", threads=threads)
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._output_names = [o.name for o in self.session.get_outputs()]
 
@@ -99,8 +100,9 @@ class BiEncoder(_OnnxEncoderBase):
 
     kind = "bi-encoder"
 
-    def __init__(self, model_dir: str | Path, *, max_batch_size: int = DEFAULT_MAX_BATCH) -> None:
-        super().__init__(model_dir, max_batch_size=max_batch_size, default_max_length=256)
+    def __init__(self, model_dir: str | Path, *, max_batch_size: int = DEFAULT_MAX_BATCH,
+                 threads: int | None = None) -> None:
+        super().__init__(model_dir, max_batch_size=max_batch_size, default_max_length=256, threads=threads)
         self._has_pooled = "sentence_embedding" in self._output_names
         if not self._has_pooled and "last_hidden_state" not in self._output_names:
             raise ValueError(f"{self.model_dir}/model.onnx has neither sentence_embedding nor last_hidden_state")
@@ -145,8 +147,9 @@ class CrossEncoder(_OnnxEncoderBase):
 
     kind = "cross-encoder"
 
-    def __init__(self, model_dir: str | Path, *, max_batch_size: int = DEFAULT_MAX_BATCH) -> None:
-        super().__init__(model_dir, max_batch_size=max_batch_size, default_max_length=512)
+    def __init__(self, model_dir: str | Path, *, max_batch_size: int = DEFAULT_MAX_BATCH,
+                 threads: int | None = None) -> None:
+        super().__init__(model_dir, max_batch_size=max_batch_size, default_max_length=512, threads=threads)
         if "logits" not in self._output_names:
             raise ValueError(f"{self.model_dir}/model.onnx has no 'logits' output (outputs: {self._output_names})")
 
@@ -167,10 +170,11 @@ class CrossEncoder(_OnnxEncoderBase):
         return self.score_pairs([(query, p) for p in passages])
 
 
-def load_reranker(model_dir: str | Path, kind: str, *, max_batch_size: int = DEFAULT_MAX_BATCH) -> Reranker:
+def load_reranker(model_dir: str | Path, kind: str, *, max_batch_size: int = DEFAULT_MAX_BATCH,
+                  threads: int | None = None) -> Reranker:
     """The reranker for a bundle's `models.reranker.kind`."""
     if kind == "bi-encoder":
-        return BiEncoder(model_dir, max_batch_size=max_batch_size)
+        return BiEncoder(model_dir, max_batch_size=max_batch_size, threads=threads)
     if kind == "cross-encoder":
-        return CrossEncoder(model_dir, max_batch_size=max_batch_size)
+        return CrossEncoder(model_dir, max_batch_size=max_batch_size, threads=threads)
     raise ValueError(f"unknown reranker kind {kind!r} (expected one of {', '.join(RERANKER_KINDS)})")

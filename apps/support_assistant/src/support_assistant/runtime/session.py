@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 import onnxruntime as ort
@@ -16,6 +17,14 @@ logger = logging.getLogger(__name__)
 
 PROVIDERS_ENV = "SUPPORT_ASSISTANT_ORT_PROVIDERS"
 THREADS_ENV = "SUPPORT_ASSISTANT_ORT_THREADS"
+# Ray sets OMP_NUM_THREADS in every worker process (ray._private.utils.set_omp_num_threads_if_unset,
+# Ray 2.60) to the actor's num_cpus, floored, at least 1, unless the environment already sets it: so
+# a Serve replica with ray_actor_options.num_cpus: 2 reads 2 here. ONNX Runtime's default would be
+# every core of the node, whatever the replica was given.
+OMP_THREADS_ENV = "OMP_NUM_THREADS"
+# The HF tokenizers library parallelises encode_batch on rayon's global pool, sized by this variable
+# when the pool is first used (default: every core). Capped like the session's threads.
+RAYON_THREADS_ENV = "RAYON_NUM_THREADS"
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -52,13 +61,16 @@ def choose_providers(available: list[str] | None = None, env: dict[str, str] | N
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-def intra_op_threads(env: dict[str, str] | None = None) -> int:
-    """Threads per session: 1 unless overridden, because several replicas share few cores and
-    oversubscription costs more than a single replica gains from intra-op parallelism."""
+def intra_op_threads(env: Mapping[str, str] | None = None) -> int:
+    """Threads per session: `SUPPORT_ASSISTANT_ORT_THREADS` when set, else the CPUs Ray gave the
+    replica (OMP_NUM_THREADS), else 1. Matching the replica's num_cpus keeps replicas that share a
+    node from oversubscribing it, and lets a replica given more CPUs use them."""
     env = os.environ if env is None else env
     raw = env.get(THREADS_ENV, "").strip()
     if not raw:
-        return 1
+        omp = env.get(OMP_THREADS_ENV, "").strip()
+        # An unusable OMP_NUM_THREADS (someone else's variable) is not ours to refuse.
+        return int(omp) if omp.isdigit() and int(omp) >= 1 else 1
     try:
         threads = int(raw)
     except ValueError:
@@ -66,6 +78,13 @@ def intra_op_threads(env: dict[str, str] | None = None) -> int:
     if threads < 1:
         raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}")
     return threads
+
+
+def cap_tokenizer_threads(threads: int, env: MutableMapping[str, str] | None = None) -> None:
+    """Size the tokenizers' thread pool like the session, unless the environment already does.
+    Must run before the first batch is tokenized (the pool is built once per process)."""
+    env = os.environ if env is None else env
+    env.setdefault(RAYON_THREADS_ENV, str(threads))
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:

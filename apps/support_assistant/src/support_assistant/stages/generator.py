@@ -6,7 +6,9 @@ Two modes, chosen by what the model bundle holds:
 - extractive: no language model in the bundle; the answer is the passages' sentences most
   relevant to the question, chosen with the ONNX encoder (with a small preference for better
   ranked passages) and read in passage-rank order, each cited. What a laptop gets from
-  `make run` (the bundle holds only the real all-MiniLM-L6-v2 encoder).
+  `make run` (the bundle holds only the real all-MiniLM-L6-v2 encoder). The bundle caches every
+  passage's sentence vectors (support_assistant.runtime.embeddings), so a request embeds only its
+  question; sentences the cache does not hold are embedded as before.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from support_assistant.runtime.embeddings import CachedVectors
 from support_assistant.schema import Answer, GenerationRequest, RankedPassage
 from support_assistant.stages.reranker import Scorer
 
@@ -59,28 +62,61 @@ def _words(text: str) -> set[str]:
 class ExtractiveGenerator:
     mode = "extractive"
 
-    def __init__(self, scorer: Scorer, sentences: int = 3, rank_weight: float = 0.05) -> None:
+    def __init__(self, scorer: Scorer, sentences: int = 3, rank_weight: float = 0.05,
+                 vectors: CachedVectors | None = None) -> None:
         self.scorer = scorer
         self.sentences = sentences
         # Small preference for sentences from passages the reranker put first.
         self.rank_weight = rank_weight
+        # Cached sentence vectors only make sense for a bi-encoder (cosine of independent embeddings).
+        self.vectors = vectors if hasattr(scorer, "embed") else None
 
     @property
     def provider(self) -> str:
         return getattr(self.scorer, "provider", "none")
 
     def answer_many(self, requests: Sequence[GenerationRequest]) -> list[Answer]:
-        return [self.answer(r) for r in requests]
+        if self.vectors is None:
+            return [self.answer(r) for r in requests]
+        # Every question of the batch in one encoder run.
+        questions = self.scorer.embed([r.question for r in requests])  # type: ignore[attr-defined]
+        return [self._answer(r, question) for r, question in zip(requests, questions, strict=True)]
 
     def answer(self, request: GenerationRequest) -> Answer:
+        question = None
+        if self.vectors is not None:
+            question = self.scorer.embed([request.question])[0]  # type: ignore[attr-defined]
+        return self._answer(request, question)
+
+    def _sentence_scores(self, request: GenerationRequest, split: list[list[str]],
+                         question: np.ndarray | None) -> np.ndarray:
+        """Cosine (bi-encoder) or model score of every candidate sentence, in candidate order."""
+        flat = [sentence for sentences in split for sentence in sentences]
+        if question is None or self.vectors is None:
+            return np.asarray(self.scorer.score(request.question, flat), dtype=np.float32)
+        blocks = [self.vectors.sentence_vectors(p.id, sentences) for p, sentences in zip(request.passages, split,
+                                                                                       strict=True)]
+        missing = [sentence for block, sentences in zip(blocks, split, strict=True) if block is None
+                   for sentence in sentences]
+        fresh = self.scorer.embed(missing)  # type: ignore[attr-defined]  # no model run when empty
+        rows, start = [], 0
+        for block, sentences in zip(blocks, split, strict=True):
+            if block is None:
+                block = fresh[start: start + len(sentences)]
+                start += len(sentences)
+            rows.append(block)
+        return np.concatenate(rows) @ question
+
+    def _answer(self, request: GenerationRequest, question: np.ndarray | None) -> Answer:
+        split = [split_sentences(passage.text) for passage in request.passages]
         candidates = [
             (rank, position, sentence)
-            for rank, passage in enumerate(request.passages)
-            for position, sentence in enumerate(split_sentences(passage.text))
+            for rank, sentences in enumerate(split)
+            for position, sentence in enumerate(sentences)
         ]
         if not candidates:
             return Answer(text="No runbook passage matches this question.", mode=self.mode, provider=self.provider)
-        scores = np.asarray(self.scorer.score(request.question, [c[2] for c in candidates]), dtype=np.float32)
+        scores = self._sentence_scores(request, split, question)
         scores = scores - self.rank_weight * np.asarray([c[0] for c in candidates], dtype=np.float32)
         chosen: list[tuple[int, int, str]] = []
         for index in np.argsort(-scores, kind="stable"):

@@ -3,6 +3,9 @@
 Works with any scorer exposing `score(query, passages) -> scores` (bi-encoder cosine or
 cross-encoder logit, see support_assistant.runtime.encoder). Several requests are scored in one
 call so the Serve layer can batch them (@serve.batch) into fewer, larger model runs.
+
+With a bi-encoder and the bundle's cached passage vectors (support_assistant.runtime.embeddings),
+only the questions are embedded per request; a passage the cache does not hold is embedded as before.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from support_assistant.runtime.embeddings import CachedVectors
 from support_assistant.schema import Passage, RankedPassage, Reranked, RerankRequest
 
 
@@ -34,8 +38,10 @@ def passage_text(passage: Passage) -> str:
 
 
 class RerankStage:
-    def __init__(self, scorer: Scorer) -> None:
+    def __init__(self, scorer: Scorer, vectors: CachedVectors | None = None) -> None:
         self.scorer = scorer
+        # Only a bi-encoder can use passage vectors computed ahead of time.
+        self.vectors = vectors if hasattr(scorer, "embed") else None
 
     @property
     def provider(self) -> str:
@@ -57,16 +63,7 @@ class RerankStage:
     def _score_all(self, requests: Sequence[RerankRequest]) -> list[np.ndarray]:
         scorer = self.scorer
         if hasattr(scorer, "embed"):
-            # Bi-encoder: one forward pass over every query and passage of the batch.
-            texts = [r.query for r in requests] + [passage_text(p) for r in requests for p in r.passages]
-            vectors = scorer.embed(texts) if texts else np.zeros((0, 0), dtype=np.float32)
-            queries, passages = vectors[: len(requests)], vectors[len(requests):]
-            out, start = [], 0
-            for i, request in enumerate(requests):
-                block = passages[start: start + len(request.passages)]
-                start += len(request.passages)
-                out.append(block @ queries[i] if len(block) else np.zeros(0, dtype=np.float32))
-            return out
+            return self._score_bi_encoder(requests)
         if hasattr(scorer, "score_pairs"):
             # Cross-encoder: every (query, passage) pair of the batch in one call.
             pairs = [(r.query, passage_text(p)) for r in requests for p in r.passages]
@@ -77,3 +74,20 @@ class RerankStage:
                 start += len(request.passages)
             return out
         return [np.asarray(scorer.score(r.query, [passage_text(p) for p in r.passages])) for r in requests]
+
+    def _score_bi_encoder(self, requests: Sequence[RerankRequest]) -> list[np.ndarray]:
+        """One forward pass over every query of the batch and every passage the cache lacks."""
+        cached = [None if self.vectors is None
+                  else self.vectors.passage_vectors([p.id for p in r.passages], [passage_text(p) for p in r.passages])
+                  for r in requests]
+        texts = [r.query for r in requests] + [passage_text(p) for r, c in zip(requests, cached, strict=True)
+                                               if c is None for p in r.passages]
+        embedded = self.scorer.embed(texts)  # type: ignore[attr-defined]
+        queries, fresh = embedded[: len(requests)], embedded[len(requests):]
+        out, start = [], 0
+        for i, (request, block) in enumerate(zip(requests, cached, strict=True)):
+            if block is None:
+                block = fresh[start: start + len(request.passages)]
+                start += len(request.passages)
+            out.append(block @ queries[i] if len(block) else np.zeros(0, dtype=np.float32))
+        return out
