@@ -53,6 +53,56 @@ go_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_MODU
 # controller-gen generates the Flux HelmRelease CRD for `repoctl schemas` (see versions.env).
 go_tool controller-gen sigs.k8s.io/controller-tools/cmd/controller-gen "$CONTROLLER_GEN_VERSION"
 
+# --- 1b. Local control plane (tests/cluster, `repoctl cluster`; docs/controlplane.md) ----------------
+# kube-apiserver + kubectl (one build, same version) and etcd come from the wrapper modules in
+# tools/controlplane, because their modules' replace directives make `go install` refuse them. A binary is
+# current when the version of the pinned module compiled into it (go version -m) is the pinned one, so a
+# warm run costs three `go version -m` calls. Cold: about 7 min on 2 cores (kube-apiserver dominates).
+dep_version() { # BIN MODULE -> the version of MODULE compiled into BIN (its main package's or a dependency)
+  [[ -x $1 ]] || return 0
+  go version -m "$1" 2>/dev/null | awk -v m="$2" '($1 == "mod" || $1 == "dep") && $2 == m { print $3; exit }'
+}
+
+wrapper_build() { # WRAPPER MODULE VERSION LDFLAGS OUT:PACKAGE...
+  local wrapper=tools/controlplane/$1 module=$2 version=$3 ldflags=$4
+  shift 4
+  local stale=() out
+  for out in "$@"; do
+    [[ $(dep_version "bin/${out%%:*}" "$module") == "$version" ]] || stale+=("$out")
+  done
+  ((${#stale[@]})) || return 0
+  if ! grep -Eq "^(require)?[[:space:]]*$module $version( |$)" "$wrapper/go.mod"; then
+    log "FAILED: $wrapper/go.mod does not require $module $version (versions.env); run tools/controlplane/pin.sh" >&2
+    exit 1
+  fi
+  log "building ${stale[*]%%:*} from $module $version ($wrapper)"
+  local started=$SECONDS
+  for out in "${stale[@]}"; do
+    # -trimpath and fixed ldflags: the same inputs give the same build, so the Go build cache serves rebuilds.
+    if ! (cd "$wrapper" && GOTOOLCHAIN=local GOWORK=off GOFLAGS="-mod=mod -buildvcs=false" \
+        go build -trimpath -ldflags "$ldflags" -o "$ROOT/bin/${out%%:*}" "${out#*:}") \
+        >"$STAMPS/go-build-${out%%:*}.log" 2>&1; then
+      cat "$STAMPS/go-build-${out%%:*}.log" >&2
+      log "FAILED: go build ${out#*:} in $wrapper (see above); see docs/controlplane.md" >&2
+      exit 1
+    fi
+  done
+  log "built ${stale[*]%%:*} in $((SECONDS - started))s"
+}
+
+k8s_minor=${KUBERNETES_SERVER_VERSION#v1.}
+k8s_minor=${k8s_minor%%.*}
+version_pkg=k8s.io/component-base/version
+# Without these kube-apiserver reports v0.0.0-master, which kubectl cannot parse.
+k8s_ldflags="-s -w -X $version_pkg.gitVersion=$KUBERNETES_SERVER_VERSION -X $version_pkg.gitMajor=1"
+k8s_ldflags+=" -X $version_pkg.gitMinor=$k8s_minor -X $version_pkg.gitTreeState=clean"
+k8s_ldflags+=" -X $version_pkg.buildDate=1970-01-01T00:00:00Z"
+wrapper_build etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "-s -w" etcd:go.etcd.io/etcd/server/v3
+wrapper_build kubernetes k8s.io/kubernetes "$KUBERNETES_SERVER_VERSION" "$k8s_ldflags" \
+  kube-apiserver:k8s.io/kubernetes/cmd/kube-apiserver kubectl:k8s.io/kubernetes/cmd/kubectl
+# The KubeRay operator: its module has no replace directives (binary: bin/ray-operator).
+go_tool ray-operator github.com/ray-project/kuberay/ray-operator "$KUBERAY_VERSION"
+
 # --- 2. Python ----------------------------------------------------------------------------------------
 # Everything pip is asked for, so a change to any of it (or to the Python) reinstalls.
 python_key() {

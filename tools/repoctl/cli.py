@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "repoctl.validate",
     "repoctl.diff",
     "repoctl.promote",
+    "repoctl.cluster",
 )
 
 
