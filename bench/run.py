@@ -1,171 +1,268 @@
-"""Benchmarks (not tests): stage latencies without Ray, and the whole pipeline on a local Ray.
+"""Benchmarks (not tests): they measure and print; nothing here passes or fails.
 
-    make bench                               # both, on the local bundle
-    .venv/bin/python bench/run.py --only stages --repeat 20
-    .venv/bin/python bench/run.py --only serve --requests 60 --concurrency 4 --env dev
+    make bench                                          # every section, on the local bundle
+    .venv/bin/python bench/run.py pipeline dataplane    # some sections
+    .venv/bin/python bench/run.py reranker --seconds 2
 
-Prints a table and writes JSON (--out, default .cache/bench/latest.json) with the machine, the
-bundle's models and the ONNX Runtime provider, so a figure can be traced to what produced it.
+Sections (each prints a Markdown table and writes .cache/bench/<section>.json with the machine,
+versions, models, provider, git commit and the exact command):
+  pipeline   end to end over HTTP at concurrency 1/8/32/64: Serve (dev overlay, as `make run`) vs a
+             single-process Starlette/uvicorn baseline running the same stage classes; Serve without
+             the bundle's vector cache at 1/32
+  dataplane  Serve's default proxy vs HAProxy ingress vs RAY_SERVE_THROUGHPUT_OPTIMIZED, at 1/32
+  batching   the Reranker deployment alone at 32 clients: its @serve.batch vs max_batch_size=1
+  reranker   encoder pairs/s vs batch and sequence length, fp32 vs int8 (dynamic quantization),
+             threads 1/2, GFLOP/s against a MatMul peak measured in the same run; int8 ranking agreement
+  generator  decoder tokens/s with and without KV cache, by batch size (tests' decoder layout)
+  quality    recall@1/@3 and MRR on bench/questions.yaml: BM25 alone, + fp32 rerank, + int8 rerank
+
+Servers listen on 127.0.0.1 only and are started and stopped by this script; load is closed-loop,
+bounded in time (--warmup + --seconds per level).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
+import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = [
-    "My RayService is stuck initializing after a deploy. What should I check first?",
-    "Worker pod stays Pending because no node has a free nvidia.com/gpu",
-    "replica keeps restarting with OOMKilled",
-    "p99 latency of the reranker is over the SLO",
-    "requests queue up at one deployment",
-    "image pull back off on the ray head",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import OUT_DIR, ROOT, print_table, provenance, write_report
+from questions import load_questions
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+SECTIONS = ("pipeline", "dataplane", "batching", "reranker", "generator", "quality")
+LEVELS = [1, 8, 32, 64]
+SHORT_LEVELS = [1, 32]
+PIPELINE_COLUMNS = ["server", "concurrency", "requests_per_s", "p50_ms", "p99_ms", "ok", "errors"]
 
 
-def summary(samples_ms: list[float]) -> dict:
-    return {
-        "n": len(samples_ms),
-        "p50_ms": round(percentile(samples_ms, 50), 2),
-        "p95_ms": round(percentile(samples_ms, 95), 2),
-        "p99_ms": round(percentile(samples_ms, 99), 2),
-        "mean_ms": round(statistics.fmean(samples_ms), 2),
+def _questions() -> list[str]:
+    return [q for q, _ in load_questions()]
+
+
+def pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    from load import sweep
+    from servers import child_server, nocache_bundle
+
+    rows: list[dict[str, Any]] = []
+    runs = [("single-process baseline", "baseline", args.bundle, LEVELS),
+            ("Ray Serve, dev config", "serve", args.bundle, LEVELS),
+            ("Ray Serve, dev config, no vector cache", "serve", nocache_bundle(args.bundle), SHORT_LEVELS)]
+    for label, kind, bundle, levels in runs:
+        with child_server(kind, port=args.port, bundle=bundle, env=args.env):
+            for row in sweep(args.port, _questions(), levels, args.warmup, args.seconds):
+                rows.append({"server": label, **row})
+        print_table(f"pipeline: {label}", [r for r in rows if r["server"] == label], PIPELINE_COLUMNS)
+    baseline = {r["concurrency"]: r for r in rows if r["server"] == "single-process baseline"}
+    serve = {r["concurrency"]: r for r in rows if r["server"] == "Ray Serve, dev config"}
+    comparison = [{
+        "concurrency": c,
+        "serve_added_p50_ms": round(serve[c]["p50_ms"] - baseline[c]["p50_ms"], 2),
+        "serve_over_baseline_throughput": round(serve[c]["requests_per_s"] / baseline[c]["requests_per_s"], 2)
+        if baseline[c]["requests_per_s"] else None,
+    } for c in LEVELS if c in serve and c in baseline]
+    print_table("pipeline: Serve against the baseline", comparison)
+    return {"rows": rows, "comparison": comparison, "env": args.env, "warmup_s": args.warmup,
+            "seconds_per_level": args.seconds}
+
+
+def dataplane(args: argparse.Namespace) -> dict[str, Any]:
+    from load import sweep
+    from servers import VARIANTS, child_server
+
+    rows: list[dict[str, Any]] = []
+    for variant in VARIANTS:
+        try:
+            with child_server("serve", port=args.port, bundle=args.bundle, env=args.env, variant=variant):
+                for row in sweep(args.port, _questions(), SHORT_LEVELS, args.warmup, args.seconds):
+                    rows.append({"variant": variant, "env_vars": VARIANTS[variant], **row})
+        except (RuntimeError, TimeoutError) as exc:
+            rows.append({"variant": variant, "env_vars": VARIANTS[variant], "failed": str(exc)})
+    print_table("dataplane", rows, ["variant", "concurrency", "requests_per_s", "p50_ms", "p99_ms", "errors",
+                                    "failed"])
+    return {"rows": rows, "env": args.env}
+
+
+def batching(args: argparse.Namespace) -> dict[str, Any]:
+    from servers import nocache_bundle
+
+    rows: list[dict[str, Any]] = []
+    for label, bundle in (("vector cache (question only)", args.bundle),
+                          ("no vector cache (every candidate embedded)", nocache_bundle(args.bundle))):
+        command = [sys.executable, str(ROOT / "bench" / "run.py"), "_batching", "--bundle", str(bundle),
+                   "--env", args.env, "--warmup", str(args.warmup), "--seconds", str(args.seconds)]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            rows.append({"bundle": label, "failed": done.stderr.strip().splitlines()[-1:] or done.returncode})
+            continue
+        for line in lines:
+            rows.append({"bundle": label, **line})
+        if len(lines) == 2 and lines[1]["requests_per_s"]:
+            rows.append({"bundle": label, "max_batch_size": "ratio",
+                         "requests_per_s": round(lines[0]["requests_per_s"] / lines[1]["requests_per_s"], 2)})
+    print_table("batching: Reranker deployment, 32 clients", rows,
+                ["bundle", "max_batch_size", "requests_per_s", "p50_ms", "p99_ms", "failed"])
+    return {"rows": rows}
+
+
+def reranker(args: argparse.Namespace) -> dict[str, Any]:
+    import kernels
+    from support_assistant.bundler.minilm_export import minilm_package_dir
+    from support_assistant.runtime.bundle import load_bundle
+    from support_assistant.runtime.encoder import BiEncoder
+
+    arch = json.loads((minilm_package_dir() / "config.json").read_text())
+    bundle = load_bundle(args.bundle, verify=False)
+    fp32 = bundle.reranker_dir / "model.onnx"
+    int8_dir = kernels.quantize_int8(bundle.reranker_dir)
+    models = {"fp32": fp32, "int8": int8_dir / "model.onnx"}
+    peaks = {t: kernels.matmul_peak(t, min_seconds=args.seconds / 4) for t in (1, 2)}
+    print_table("MatMul peak (fp32, 1024x1024x1024)", list(peaks.values()))
+    rows: list[dict[str, Any]] = []
+
+    def measure(precision: str, threads: int, batch: int, seq_len: int) -> None:
+        row = kernels.encoder_throughput(models[precision], threads, batch, seq_len,
+                                         kernels.encoder_flops(arch, seq_len), args.seconds / 8)
+        row = {"precision": precision, **row}
+        if precision == "fp32":
+            row["fraction_of_matmul_peak"] = round(row["gflops"] / peaks[threads]["gflops"], 2)
+        rows.append(row)
+
+    for precision in models:
+        for batch in (1, 2, 4, 8, 16, 32, 64):
+            measure(precision, 2, batch, 128)
+        for seq_len in (32, 64, 256):
+            measure(precision, 2, 8, seq_len)
+        measure(precision, 1, 8, 128)
+    print_table("reranker encoder (MiniLM-L6; a cross-encoder of the same architecture costs the same per pair)",
+                rows, ["precision", "threads", "batch", "seq_len", "pairs_per_s", "ms_per_batch", "gflops",
+                       "fraction_of_matmul_peak"])
+    speedup = []
+    for r in rows:
+        if r["precision"] == "int8":
+            base = next(b for b in rows if b["precision"] == "fp32" and all(b[k] == r[k]
+                                                                            for k in ("threads", "batch", "seq_len")))
+            speedup.append({"threads": r["threads"], "batch": r["batch"], "seq_len": r["seq_len"],
+                            "int8_over_fp32": round(r["pairs_per_s"] / base["pairs_per_s"], 2)})
+    print_table("int8 / fp32 pairs per second", speedup)
+    passages = _corpus_texts(bundle.index_dir)
+    agreement = kernels.ranking_agreement(BiEncoder(bundle.reranker_dir, threads=2), BiEncoder(int8_dir, threads=2),
+                                          _questions(), passages)
+    print_table("int8 ranking agreement with fp32 (each question ranks the whole corpus)", [agreement])
+    return {"architecture": {k: arch[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                  "num_attention_heads")},
+            "matmul_peak": list(peaks.values()), "rows": rows, "int8_speedup": speedup, "agreement": agreement,
+            "quantization": "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)"}
+
+
+def _corpus_texts(index_dir: Path) -> list[str]:
+    from support_assistant.schema import Passage
+    from support_assistant.stages.reranker import passage_text
+    from support_assistant.stages.retriever import CHUNKS_FILE
+
+    with (index_dir / CHUNKS_FILE).open(encoding="utf-8") as fh:
+        return [passage_text(Passage(**json.loads(line))) for line in fh]
+
+
+def generator(args: argparse.Namespace) -> dict[str, Any]:
+    import kernels
+
+    decoder_dir = kernels.build_test_decoder_dir()
+    rows = []
+    for batch in (1, 4, 8):
+        for use_cache in (True, False):
+            rows.append(kernels.decoder_throughput(decoder_dir, batch, 128, 64, use_cache, args.seconds / 4))
+    print_table("generator: test decoder layout, 128-token prompts, 64 new tokens", rows)
+    ratios = []
+    for batch in (1, 4, 8):
+        cached = next(r for r in rows if r["batch"] == batch and r["kv_cache"])
+        plain = next(r for r in rows if r["batch"] == batch and not r["kv_cache"])
+        ratios.append({"batch": batch, "kv_cache_speedup": round(cached["tokens_per_s"] / plain["tokens_per_s"], 2)})
+    print_table("generator: KV cache speed-up", ratios)
+    return {"rows": rows, "kv_cache_speedup": ratios, "decoder": "tests/testmodels/decoder.py layout"}
+
+
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    import kernels
+    from quality import evaluate
+    from servers import pipeline_config
+    from support_assistant.assemble import load_vectors
+    from support_assistant.runtime.bundle import load_bundle
+    from support_assistant.runtime.encoder import BiEncoder
+    from support_assistant.stages.normalizer import Normalizer
+    from support_assistant.stages.reranker import RerankStage
+    from support_assistant.stages.retriever import Retriever
+
+    config = pipeline_config(args.env)
+    bundle = load_bundle(args.bundle)
+    labelled = load_questions()
+    normalizer, retriever = Normalizer(config.normalizer.max_chars), Retriever(bundle.index_dir)
+    normalized = [normalizer.normalize(q) for q, _ in labelled]
+    shortlist = [retriever.search(n.search_text, config.retriever.candidates) for n in normalized]
+    int8_dir = kernels.INT8_DIR if (kernels.INT8_DIR / "model.onnx").is_file() else kernels.quantize_int8(
+        bundle.reranker_dir)
+    encoder = BiEncoder(bundle.reranker_dir)
+    rerankers = {
+        "BM25 + rerank fp32 (bundle's cached vectors)": RerankStage(encoder, load_vectors(bundle)),
+        "BM25 + rerank fp32 (embedded per request)": RerankStage(encoder),
+        "BM25 + rerank int8": RerankStage(BiEncoder(int8_dir)),
     }
+    rows = evaluate([(n.text, runbook) for n, (_, runbook) in zip(normalized, labelled, strict=True)],
+                    shortlist, rerankers)
+    print_table(f"retrieval quality: {len(labelled)} labelled questions, BM25 shortlist of "
+                f"{config.retriever.candidates}", rows)
+    return {"rows": rows, "candidates": config.retriever.candidates, "questions_file": "bench/questions.yaml"}
 
 
-def timed(fn, repeat: int) -> list[float]:
-    fn()  # warm-up: first ONNX runs allocate arenas
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
-
-
-def pipeline_config(env: str):
-    """Every stage's user_config as the overlay deploys it, so the bench measures what runs."""
-    from repoctl.render import render_overlay, serve_config_of
-    from support_assistant.config import PipelineConfig
-
-    return PipelineConfig.from_serve_config(serve_config_of(render_overlay(env)))
-
-
-def bench_stages(bundle_dir: Path, repeat: int, env: str) -> dict:
-    from support_assistant.assemble import build_stages
-    from support_assistant.schema import GenerationRequest, RerankRequest
-
-    stages = build_stages(bundle_dir, pipeline_config(env))
-    candidates_k = stages.config.retriever.candidates
-    normalizer, retriever, reranker, generator = stages.normalizer, stages.retriever, stages.reranker, stages.generator
-    candidates = {q: retriever.search(q.lower(), candidates_k) for q in QUESTIONS}
-    q0 = QUESTIONS[0]
-    top3 = reranker.rerank(RerankRequest(q0, candidates[q0], 3)).passages
-    results = {
-        "normalizer": summary(timed(lambda: normalizer.normalize(q0), repeat)),
-        f"retriever_top{candidates_k}": summary(timed(lambda: retriever.search(q0.lower(), candidates_k), repeat)),
-        "generator_extractive_top3": summary(timed(lambda: generator.answer_many([GenerationRequest(q0, top3)]),
-                                                   repeat)),
-    }
-    for batch in (1, 4):
-        requests = [RerankRequest(q, candidates[q], 3) for q in QUESTIONS[:batch]]
-        samples = timed(lambda requests=requests: reranker.rerank_many(requests), max(3, repeat // batch))
-        results[f"reranker_{candidates_k}_candidates_batch{batch}"] = {
-            **summary(samples), "per_request_ms": round(statistics.fmean(samples) / batch, 2)}
-    results["provider"] = reranker.provider
-    return results
-
-
-def bench_serve(bundle_dir: Path, env: str, requests: int, concurrency: int, port: int) -> dict:
-    from repoctl.local_run import deploy, local_serve_config, logical_cpus_needed, start_ray
-    from repoctl.render import render_overlay, serve_config_of
-
-    config = local_serve_config(serve_config_of(render_overlay(env)), bundle_dir, port)
-    import ray
-    from ray import serve
-
-    start_ray(logical_cpus_needed(config))
-    try:
-        deploy(config)
-        url = f"http://127.0.0.1:{port}/v1/answer"
-
-        def one(i: int) -> tuple[float, int]:
-            body = json.dumps({"question": QUESTIONS[i % len(QUESTIONS)], "top_k": 3}).encode()
-            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-            start = time.perf_counter()
-            try:
-                with urllib.request.urlopen(request, timeout=120) as response:
-                    response.read()
-                    status = response.status
-            except urllib.error.HTTPError as error:
-                status = error.code
-            return (time.perf_counter() - start) * 1000, status
-
-        for i in range(concurrency):  # warm every replica's sessions
-            one(i)
-        lock, latencies, statuses = threading.Lock(), [], []
-        started = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            for latency, status in pool.map(one, range(requests)):
-                with lock:
-                    latencies.append(latency)
-                    statuses.append(status)
-        elapsed = time.perf_counter() - started
-        return {
-            "env": env,
-            "concurrency": concurrency,
-            **summary(latencies),
-            "throughput_rps": round(requests / elapsed, 2),
-            "non_200": sum(1 for s in statuses if s != 200),
-        }
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sections", nargs="*", metavar="SECTION",
+                        help=f"any of {', '.join(SECTIONS)} (default: all); _serve/_baseline/_batching are internal")
+    parser.add_argument("--bundle", type=Path, default=ROOT / ".cache" / "bundle")
+    parser.add_argument("--env", default="dev", help="overlay whose serveConfigV2 is deployed (default dev)")
+    parser.add_argument("--port", type=int, default=8010)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring, per level")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per level / kernel budget")
+    parser.add_argument("--variant", default="default", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    return parser
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, default=ROOT / ".cache" / "bundle")
-    parser.add_argument("--only", choices=("stages", "serve"))
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--env", default="dev")
-    parser.add_argument("--requests", type=int, default=60)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--port", type=int, default=8010)
-    parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench" / "latest.json")
-    args = parser.parse_args()
+    args = _parser().parse_args()
+    args.bundle = args.bundle.resolve()
+    internal = [s for s in args.sections if s.startswith("_")]
+    if internal:
+        import servers
+
+        if internal[0] == "_serve":
+            return servers.run_serve(args.port, args.bundle, args.env, json.loads(args.overrides))
+        if internal[0] == "_baseline":
+            return servers.run_baseline(args.port, args.bundle, args.env)
+        if internal[0] == "_batching":
+            return servers.run_batching(args.bundle, args.env, 32, args.warmup, args.seconds)
+        print(f"unknown internal command {internal[0]}", file=sys.stderr)
+        return 2
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        print(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
     if not (args.bundle / "manifest.json").is_file():
         print(f"{args.bundle}: no model bundle; run `make bundle`", file=sys.stderr)
         return 2
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
-    report: dict = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "models": {role: f"{m['name']}@{m['revision']}" for role, m in manifest["models"].items()},
-        "bundle_version": manifest["bundle_version"],
-    }
-    if args.only in (None, "stages"):
-        report["stages"] = bench_stages(args.bundle, args.repeat, args.env)
-    if args.only in (None, "serve"):
-        report["serve"] = bench_serve(args.bundle, args.env, args.requests, args.concurrency, args.port)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    functions = {"pipeline": pipeline, "dataplane": dataplane, "batching": batching, "reranker": reranker,
+                 "generator": generator, "quality": quality}
+    for section in args.sections or SECTIONS:
+        info = provenance(args.bundle)
+        print(f"\n## {section}  (commit {info['git_commit']}, {info['machine']['cpus']} CPUs, "
+              f"load {info['machine']['load_average_at_start']})", flush=True)
+        write_report(section, {**info, "section": section, "results": functions[section](args)})
     return 0
 
 

