@@ -10,10 +10,13 @@ from __future__ import annotations
 import copy
 import glob
 import importlib
+import importlib.util
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import yaml
@@ -39,6 +42,18 @@ def target_paths() -> list[str]:
         if found is not None:
             return found()
     raise AssertionError("repoctl has no target_paths() in render.py or validate.py")
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Another test area's module (its cases or helpers), imported by path under a name of its own."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
 def admission_path() -> str:
