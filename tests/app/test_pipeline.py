@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 from support_assistant.api import ParsedRequest
-from support_assistant.errors import InvalidInput, StageError
-from support_assistant.pipeline import Stages, answer
+from support_assistant.errors import BudgetExpired, InvalidInput, StageError, StageUnavailable
+from support_assistant.pipeline import Stages, answer, stage_deadline
 from support_assistant.schema import Answer, NormalizedQuestion, Passage, RankedPassage, Reranked
 
 TIMEOUTS = {"normalizer": 0.5, "retriever": 0.5, "reranker": 0.5, "generator": 0.5}
@@ -98,3 +98,68 @@ def test_the_real_stages_in_one_process(local_bundle, base_config):
     info = {"app": {"name": "support-assistant", "version": "0"}, "bundle_version": local_bundle.bundle_version,
             "models": local_bundle.models_info()}
     AnswerResponse.model_validate({**result, **info})  # the documented response schema holds
+
+
+class RayLikeError(Exception):
+    """What a Serve handle raises for an exception in a replica: the original is its `cause`."""
+
+    def __init__(self, cause):
+        self.cause = cause
+
+
+@pytest.mark.parametrize("raised", [StageUnavailable("its queue is full", 2.0),
+                                    RayLikeError(StageUnavailable("its replica is gone (ActorDiedError)", None))])
+def test_a_stage_that_cannot_take_the_request_is_a_retryable_503_naming_it(raised):
+    async def full(request):
+        raise raised
+
+    with pytest.raises(StageError) as info:
+        run(stages(rerank=full))
+    error = info.value
+    assert (error.stage, error.reason, error.status) == ("reranker", "unavailable", 503)
+    unavailable = raised if isinstance(raised, StageUnavailable) else raised.cause
+    assert error.retry_after_s == unavailable.retry_after_s
+    assert "retry" in error.message
+
+
+def test_a_replica_that_drops_an_expired_request_reads_as_the_stage_timeout():
+    async def expired(request):
+        raise RayLikeError(BudgetExpired("generator: the request's budget ended"))
+
+    with pytest.raises(StageError) as info:
+        run(stages(generate=expired))
+    assert (info.value.stage, info.value.reason, info.value.status) == ("generator", "timeout", 504)
+
+
+def test_each_stage_call_sees_its_own_deadline():
+    import time
+
+    seen = {}
+
+    async def rerank(request):
+        seen["reranker"] = stage_deadline.get() - time.time()
+        return Reranked([RankedPassage.of(p, 0.9) for p in request.passages], "CPUExecutionProvider")
+
+    async def generate(request):
+        seen["generator"] = stage_deadline.get() - time.time()
+        return Answer(text="a [1]", mode="extractive", cited=[1])
+
+    asyncio.run(answer(ParsedRequest(question="q", top_k=1), stages(rerank=rerank, generate=generate),
+                       {**TIMEOUTS, "reranker": 3.0, "generator": 7.0}))
+    assert 2.5 < seen["reranker"] <= 3.0 and 6.5 < seen["generator"] <= 7.0
+    assert stage_deadline.get(None) is None  # reset once the call is done
+
+
+def test_waiting_on_counts_requests_inside_each_stage():
+    from collections import Counter
+
+    waiting = Counter()
+    during = {}
+
+    async def rerank(request):
+        during["reranker"] = dict(waiting)
+        return Reranked([RankedPassage.of(p, 0.9) for p in request.passages], "CPUExecutionProvider")
+
+    asyncio.run(answer(ParsedRequest(question="q", top_k=1), stages(rerank=rerank), TIMEOUTS, waiting))
+    assert during["reranker"]["reranker"] == 1 and during["reranker"]["normalizer"] == 0
+    assert not +waiting  # every stage left

@@ -3,6 +3,10 @@
 What GitOps deploys is what runs here: the config comes from `kustomize build overlays/<env>`.
 Only what a laptop cannot honour is changed (local_serve_config): GPU requests become CPU,
 the proxy listens on 127.0.0.1, and the bundle path points at the local bundle.
+
+Nothing listens beyond this machine (start_ray): every Ray process (GCS, raylet, workers, agents,
+metrics export) binds 127.0.0.1, and Ray token authentication is on, the token in a file only
+this user can read (.cache/ray/auth_token for `make run`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
+import secrets
 import signal
 import socket
 import sys
@@ -54,7 +60,43 @@ def _port_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def start_ray(num_cpus: int, metrics_port: int | None = None) -> None:
+# Ray picks the node IP it binds to from this switch: off, it uses 127.0.0.1 (what Ray does on a
+# laptop OS) and every Ray process listens on loopback only; on (Linux's default), it uses the
+# host's outbound IP and the GCS, raylet and workers listen on all interfaces. Passing
+# ray.init(_node_ip_address="127.0.0.1") does not help: ray.init resolves a loopback address back
+# to the host's IP (ray._private.services.resolve_ip_for_localhost, Ray 2.60).
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+TOKEN_FILE = ROOT / ".cache" / "ray" / "auth_token"
+
+
+def ensure_token(path: Path) -> Path:
+    """A Ray auth token at `path` (created once, readable by this user only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or not path.read_text().strip():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    return path
+
+
+def loopback_and_token_env(token_file: Path) -> None:
+    """Environment for a loopback-only, token-authenticated local Ray (read by ray.init and by
+    every process it starts)."""
+    os.environ[LOOPBACK_SWITCH] = "0"
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(ensure_token(token_file))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    if "ray" in sys.modules:
+        # The test session imports Ray before it starts one: Ray read both settings at import.
+        from ray._private import ray_constants
+        from ray._raylet import Config
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        Config.initialize("")
+
+
+def start_ray(num_cpus: int, metrics_port: int | None = None, token_file: Path = TOKEN_FILE) -> None:
+    loopback_and_token_env(token_file)
     import ray
 
     ray.init(

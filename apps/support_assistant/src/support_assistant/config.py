@@ -46,6 +46,10 @@ class StageTimeouts(_Strict):
     def as_dict(self) -> dict[str, float]:
         return {stage: getattr(self, stage) for stage in STAGES}
 
+    def total(self) -> float:
+        """The longest a request can spend in the stages; must stay under Serve's request_timeout_s."""
+        return sum(self.as_dict().values())
+
 
 class IngressConfig(_Strict):
     max_body_bytes: PositiveInt
@@ -53,6 +57,16 @@ class IngressConfig(_Strict):
     top_k_min: PositiveInt
     top_k_max: PositiveInt
     default_top_k: PositiveInt
+    # Requests one ingress replica lets into the pipeline at once; more get a JSON 503 with
+    # Retry-After before any stage runs (serving/admission.py).
+    max_in_flight: PositiveInt
+    # A request body that has not all arrived by then is refused (408): a trickling client must
+    # not hold one of the ingress's max_ongoing_requests slots.
+    body_read_timeout_s: PositiveFloat
+    # Retry-After (seconds) on a 503 when the stage gave no hint of its own (a dead replica, or
+    # /readyz while a stage is down); backpressure rejections carry the deployment's
+    # backpressure_config.retry_after_s.
+    retry_after_s: PositiveInt
     stage_timeouts_s: StageTimeouts
 
     @model_validator(mode="after")

@@ -1,21 +1,30 @@
 """Runs one request through the stages, each under its own time budget, without Ray.
 
 The Serve ingress hands in the stages as async callables (deployment handles); tests hand in
-plain functions. A stage that overruns raises StageError(stage, "timeout") -> HTTP 504 naming it;
-a stage that fails raises StageError(stage, ...) -> HTTP 502 naming it.
+plain functions. Every outcome of a stage call names the stage:
+- it overruns its budget: StageError(stage, "timeout") -> HTTP 504;
+- it cannot take the request now (StageUnavailable: full queue, dead replica):
+  StageError(stage, "unavailable") -> HTTP 503 with Retry-After, which a client should retry;
+- it fails: StageError(stage, "model_error" | "internal") -> HTTP 502.
+
+While a stage runs, `stage_deadline` holds the wall-clock time (time.time()) its budget ends, so
+the serving layer can hand it to the replica, which drops a request that has already expired
+instead of computing an answer nobody waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from support_assistant.api import ParsedRequest
 from support_assistant.config import STAGES
-from support_assistant.errors import InvalidInput, StageError
+from support_assistant.errors import BudgetExpired, InvalidInput, StageError, StageUnavailable
 from support_assistant.schema import (
     Answer,
     GenerationRequest,
@@ -26,7 +35,10 @@ from support_assistant.schema import (
     RerankRequest,
 )
 
-__all__ = ["NO_MATCH_ANSWER", "STAGES", "Stages", "answer"]
+__all__ = ["NO_MATCH_ANSWER", "STAGES", "Stages", "answer", "stage_deadline"]
+
+# Seconds since the epoch at which the running stage call's budget ends (see the module doc).
+stage_deadline: ContextVar[float] = ContextVar("stage_deadline")
 
 NO_MATCH_ANSWER = (
     "No runbook passage matches this question. Try the symptom as the alert or kubectl shows it "
@@ -42,9 +54,12 @@ class Stages:
     generate: Callable[[GenerationRequest], Awaitable[Answer]]
 
 
-async def _call(stage: str, timeout_s: float, awaitable: Awaitable[Any]) -> Any:
+async def _call(stage: str, timeout_s: float, call: Callable[[Any], Awaitable[Any]], arg: Any) -> Any:
+    # The deadline is set before the call creates its coroutine, so a handle call sees it; each
+    # call runs in its own task context, so concurrent requests never see each other's.
+    token = stage_deadline.set(time.time() + timeout_s)
     try:
-        return await asyncio.wait_for(awaitable, timeout=timeout_s)
+        return await asyncio.wait_for(call(arg), timeout=timeout_s)
     except TimeoutError:
         raise StageError(stage, "timeout", f"did not answer within {timeout_s:g}s", status=504) from None
     except (InvalidInput, StageError):
@@ -54,32 +69,46 @@ async def _call(stage: str, timeout_s: float, awaitable: Awaitable[Any]) -> Any:
         cause = getattr(exc, "cause", None) or exc
         if isinstance(cause, InvalidInput):
             raise cause from None
+        if isinstance(cause, StageUnavailable):
+            raise StageError(stage, "unavailable", f"cannot take the request now ({cause.message}); retry",
+                             status=503, retry_after_s=cause.retry_after_s) from None
+        if isinstance(cause, BudgetExpired):
+            raise StageError(stage, "timeout", f"did not answer within {timeout_s:g}s", status=504) from None
         raise StageError(stage, "model_error" if stage in ("reranker", "generator") else "internal",
                          f"{type(cause).__name__}: {str(cause)[:300]}") from None
+    finally:
+        stage_deadline.reset(token)
 
 
-async def answer(request: ParsedRequest, stages: Stages, timeouts_s: dict[str, float]) -> dict[str, Any]:
-    """The response body (api.AnswerResponse without the app/bundle/models fields the ingress adds)."""
+async def answer(request: ParsedRequest, stages: Stages, timeouts_s: dict[str, float],
+                 waiting_on: Counter[str] | None = None) -> dict[str, Any]:
+    """The response body (api.AnswerResponse without the app/bundle/models fields the ingress adds).
+
+    `waiting_on`, when given, counts the requests currently inside each stage (the ingress's
+    admission control names the busiest stage when it refuses one)."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    waiting = Counter() if waiting_on is None else waiting_on
 
-    async def timed(stage: str, awaitable: Awaitable[Any]) -> Any:
+    async def timed(stage: str, call: Callable[[Any], Awaitable[Any]], arg: Any) -> Any:
         t0 = time.perf_counter()
+        waiting[stage] += 1
         try:
-            return await _call(stage, timeouts_s[stage], awaitable)
+            return await _call(stage, timeouts_s[stage], call, arg)
         finally:
+            waiting[stage] -= 1
             timings[stage] = round((time.perf_counter() - t0) * 1000, 2)
 
-    normalized: NormalizedQuestion = await timed("normalizer", stages.normalize(request.question))
-    candidates: list[Passage] = await timed("retriever", stages.retrieve(normalized.search_text))
+    normalized: NormalizedQuestion = await timed("normalizer", stages.normalize, request.question)
+    candidates: list[Passage] = await timed("retriever", stages.retrieve, normalized.search_text)
     result: dict[str, Any] = {"question": request.question, "normalized_question": normalized.text}
     if not candidates:
         result.update(answer=NO_MATCH_ANSWER, generator_mode="none", sources=[], retrieval="empty")
     else:
         reranked: Reranked = await timed(
-            "reranker", stages.rerank(RerankRequest(normalized.text, candidates, request.top_k)))
+            "reranker", stages.rerank, RerankRequest(normalized.text, candidates, request.top_k))
         generated: Answer = await timed(
-            "generator", stages.generate(GenerationRequest(normalized.text, reranked.passages)))
+            "generator", stages.generate, GenerationRequest(normalized.text, reranked.passages))
         result.update(
             answer=generated.text,
             generator_mode=generated.mode,

@@ -1,25 +1,67 @@
 """One thin Serve deployment per stage: load the stage from the bundle, apply the typed
-user_config, and batch where a model runs. The stage logic lives in support_assistant.stages."""
+user_config, batch where a model runs, and tell Serve the truth about the replica's health.
+
+Every stage call takes the caller's deadline (`deadline_s`, seconds since the epoch; see
+pipeline.stage_deadline): a request that arrives, or reaches the head of the batch queue, after its
+budget ended is dropped (errors.BudgetExpired) instead of taking a place in a model run whose
+answer nobody would receive.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import ray
 from ray import serve
 
 from support_assistant.assemble import configure_generator, load_generator, load_reranker_stage, load_retriever
 from support_assistant.config import GeneratorConfig, NormalizerConfig, RerankerConfig, RetrieverConfig, parse
+from support_assistant.errors import BudgetExpired
 from support_assistant.runtime.bundle import load_bundle
-from support_assistant.schema import Answer, GenerationRequest, NormalizedQuestion, Passage, Reranked, RerankRequest
+from support_assistant.runtime.session import CUDA
+from support_assistant.schema import (
+    Answer,
+    GenerationRequest,
+    NormalizedQuestion,
+    Passage,
+    RankedPassage,
+    Reranked,
+    RerankRequest,
+)
 from support_assistant.serving.telemetry import StageMetrics
 from support_assistant.stages.normalizer import Normalizer
+
+logger = logging.getLogger("ray.serve")
 
 # @serve.batch needs numbers at import time; reconfigure() replaces both from the deployment's
 # user_config before the first request, so these are placeholders, not settings.
 _UNSET_BATCH = {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
+
+# What check_health runs through the model: one short passage, so a probe costs one small
+# inference and still goes through the same session, tokenizer and scoring code as a request.
+_PROBE_PASSAGE = Passage(id=-1, source="health-check", title="Health check", section="Probe",
+                         text="The replica answers this probe with a real inference.")
+
+
+class _Expired:
+    """What a batch returns for a request whose budget ended while it waited for the batch."""
+
+
+_EXPIRED = _Expired()
+
+
+def _expired(deadline_s: float | None) -> bool:
+    return deadline_s is not None and time.time() >= deadline_s
+
+
+def _refuse_if_expired(stage: str, deadline_s: float | None) -> None:
+    if _expired(deadline_s):
+        raise BudgetExpired(f"{stage}: the request's budget ended before it reached the replica")
 
 
 @contextmanager
@@ -32,6 +74,18 @@ def counting_load_failures(metrics: StageMetrics, model: str) -> Iterator[None]:
         raise
 
 
+def require_cuda_when_given_a_gpu(model: str, provider: str, gpu_ids: Sequence[Any] | None = None) -> None:
+    """A replica that Ray gave a GPU must run its model on CUDA: silently serving from the CPU would
+    hold a GPU idle and answer many times slower than the capacity the config was sized for."""
+    gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", []) if gpu_ids is None else gpu_ids
+    if gpu_ids and provider != CUDA:
+        message = (f"{model}: this replica was given GPU {', '.join(map(str, gpu_ids))} but its ONNX session runs "
+                   f"on {provider}, not {CUDA} (CUDA libraries missing from the image, or an onnxruntime "
+                   f"without CUDA); refusing to start")
+        logger.error(message)
+        raise RuntimeError(message)
+
+
 @serve.deployment(name="Normalizer")
 class NormalizerDeployment:
     def __init__(self) -> None:
@@ -42,9 +96,10 @@ class NormalizerDeployment:
         config = parse(NormalizerConfig, user_config, "Normalizer.user_config")
         self.stage = Normalizer(max_chars=config.max_chars)
 
-    async def __call__(self, question: str) -> NormalizedQuestion:
+    async def __call__(self, question: str, deadline_s: float | None = None) -> NormalizedQuestion:
         if self.stage is None:
             raise RuntimeError("Normalizer: no user_config in serveConfigV2")
+        _refuse_if_expired("normalizer", deadline_s)
         with self.metrics.timed():
             return self.stage.normalize(question)
 
@@ -60,9 +115,14 @@ class RetrieverDeployment:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.config = parse(RetrieverConfig, user_config, "Retriever.user_config")
 
-    async def __call__(self, search_text: str) -> list[Passage]:
+    async def check_health(self) -> None:
+        # A search over the loaded index: raises if it is unusable.
+        await asyncio.to_thread(self.retriever.search, "health check", 1)
+
+    async def __call__(self, search_text: str, deadline_s: float | None = None) -> list[Passage]:
         if self.config is None:
             raise RuntimeError("Retriever: no user_config in serveConfigV2")
+        _refuse_if_expired("retriever", deadline_s)
         with self.metrics.timed():
             return self.retriever.search(search_text, self.config.candidates)
 
@@ -73,22 +133,41 @@ class RerankerDeployment:
         self.metrics = StageMetrics("reranker")
         with counting_load_failures(self.metrics, "reranker"):
             self.stage = load_reranker_stage(load_bundle(bundle_dir))
+            require_cuda_when_given_a_gpu("reranker", self.stage.provider)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = parse(RerankerConfig, user_config, "Reranker.user_config")
         self.rerank_batch.set_max_batch_size(config.max_batch_size)
         self.rerank_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
+    async def check_health(self) -> None:
+        # One tiny inference through the real session: a broken session fails the probe and Serve
+        # replaces the replica, instead of the replica answering 502 to every request. On a
+        # thread, like requests, so the probe never stalls the event loop.
+        await asyncio.to_thread(self.stage.rerank, RerankRequest("health check", [_PROBE_PASSAGE], 1))
+
     @serve.batch(**_UNSET_BATCH)
-    async def rerank_batch(self, requests: list[RerankRequest]) -> list[Reranked]:
-        self.metrics.batch_size.observe(len(requests))
+    async def rerank_batch(self, requests: list[RerankRequest], deadlines: list[float | None]
+                           ) -> list[Reranked | _Expired]:
+        live = [i for i, deadline in enumerate(deadlines) if not _expired(deadline)]
+        results: list[Reranked | _Expired] = [_EXPIRED] * len(requests)
+        if not live:
+            return results
+        self.metrics.batch_size.observe(len(live))
         with self.metrics.timed():
             # ONNX Runtime releases the GIL; a thread keeps the replica's event loop free to
             # collect the next batch meanwhile.
-            return await asyncio.to_thread(self.stage.rerank_many, requests)
+            done = await asyncio.to_thread(self.stage.rerank_many, [requests[i] for i in live])
+        for i, result in zip(live, done, strict=True):
+            results[i] = result
+        return results
 
-    async def __call__(self, request: RerankRequest) -> Reranked:
-        return await self.rerank_batch(request)
+    async def __call__(self, request: RerankRequest, deadline_s: float | None = None) -> Reranked:
+        _refuse_if_expired("reranker", deadline_s)
+        result = await self.rerank_batch(request, deadline_s)
+        if isinstance(result, _Expired):
+            raise BudgetExpired("reranker: the request's budget ended while it waited for a batch")
+        return result
 
 
 @serve.deployment(name="Generator")
@@ -104,18 +183,42 @@ class GeneratorDeployment:
             # The first reconfigure comes right after __init__, still inside the replica's start.
             with counting_load_failures(self.metrics, "generator"):
                 self.generator = load_generator(load_bundle(self.bundle_dir), config)
+                require_cuda_when_given_a_gpu("generator", self.generator.provider)
         else:
             configure_generator(self.generator, config)
         self.generate_batch.set_max_batch_size(config.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
-    @serve.batch(**_UNSET_BATCH)
-    async def generate_batch(self, requests: list[GenerationRequest]) -> list[Answer]:
-        self.metrics.batch_size.observe(len(requests))
-        with self.metrics.timed():
-            return await asyncio.to_thread(self.generator.answer_many, requests)
+    async def check_health(self) -> None:
+        if self.generator is None:
+            raise RuntimeError("Generator: no model loaded (no user_config in serveConfigV2)")
+        decoder = getattr(self.generator, "decoder", None)
+        if decoder is not None:
+            # Abstractive: one new token, not the max_new_tokens a request may take.
+            await asyncio.to_thread(decoder.generate, ["Health check."], 1)
+        else:
+            probe = GenerationRequest("health check", [RankedPassage.of(_PROBE_PASSAGE, 1.0)])
+            await asyncio.to_thread(self.generator.answer_many, [probe])
 
-    async def __call__(self, request: GenerationRequest) -> Answer:
+    @serve.batch(**_UNSET_BATCH)
+    async def generate_batch(self, requests: list[GenerationRequest], deadlines: list[float | None]
+                             ) -> list[Answer | _Expired]:
+        live = [i for i, deadline in enumerate(deadlines) if not _expired(deadline)]
+        results: list[Answer | _Expired] = [_EXPIRED] * len(requests)
+        if not live:
+            return results
+        self.metrics.batch_size.observe(len(live))
+        with self.metrics.timed():
+            done = await asyncio.to_thread(self.generator.answer_many, [requests[i] for i in live])
+        for i, result in zip(live, done, strict=True):
+            results[i] = result
+        return results
+
+    async def __call__(self, request: GenerationRequest, deadline_s: float | None = None) -> Answer:
         if self.generator is None:
             raise RuntimeError("Generator: no user_config in serveConfigV2")
-        return await self.generate_batch(request)
+        _refuse_if_expired("generator", deadline_s)
+        result = await self.generate_batch(request, deadline_s)
+        if isinstance(result, _Expired):
+            raise BudgetExpired("generator: the request's budget ended while it waited for a batch")
+        return result

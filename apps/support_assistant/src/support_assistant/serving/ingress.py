@@ -4,29 +4,45 @@ size cap, runs the pipeline, and turns every outcome into JSON.
 
 Errors keep one shape, {"error": {"code", "message", "field"|"stage"}}, for 4xx from validation,
 404/405 from routing, 5xx from a stage, and 500 (with a request id) for anything unexpected.
+A stage that cannot take a request (its max_queued_requests is full, its replica died, none is
+running) answers 503 `stage_unavailable` with Retry-After, naming the stage: a client retries it.
 
 No `from __future__ import annotations` here: FastAPI reads the route parameters' annotations at
 run time, and Serve's ingress wrapper resolves them outside this module's namespace.
 """
 
 
+import asyncio
 import functools
 import logging
+import math
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError, WorkerCrashedError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from support_assistant import __version__
-from support_assistant.api import AnswerRequest, AnswerResponse, ErrorResponse, error_body, parse_answer_request
+from support_assistant.api import (
+    AnswerRequest,
+    AnswerResponse,
+    ErrorResponse,
+    check_content_type,
+    error_body,
+    parse_answer_request,
+    printable,
+)
 from support_assistant.config import IngressConfig, parse
-from support_assistant.errors import InvalidInput, StageError
-from support_assistant.pipeline import Stages, answer
+from support_assistant.errors import InvalidInput, StageError, StageUnavailable
+from support_assistant.pipeline import Stages, answer, stage_deadline
 from support_assistant.runtime.bundle import load_bundle
+from support_assistant.serving.admission import Admission
 from support_assistant.serving.telemetry import IngressMetrics
 
 APP_NAME = "support-assistant"
@@ -49,15 +65,52 @@ def _metrics() -> IngressMetrics:
 def _json_error(status: int, code: str, message: str, **where: str) -> JSONResponse:
     status_class = f"{status // 100}xx"
     _metrics().requests.inc(tags={"status_class": status_class})
-    return JSONResponse({"error": {"code": code, **where, "message": message}}, status_code=status)
+    return JSONResponse({"error": {"code": code, **where, "message": printable(message)}}, status_code=status)
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    # RFC 9110 delay-seconds: a whole number, rounded up so a client never retries too early.
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+# What Ray raises when a stage cannot take a request, as opposed to a stage that ran and failed:
+# its handle queue is full (max_queued_requests), its replica died or is unreachable (SIGKILL,
+# OOM, node loss, ray.kill), or no replica is running.
+_UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, RayActorError, WorkerCrashedError)
+
+
+def _stage_call(handle: Any) -> Callable[[Any], Awaitable[Any]]:
+    """A deployment handle as a pipeline stage: passes the stage's deadline to the replica, and
+    turns Ray's "cannot take it" errors into StageUnavailable (the pipeline names the stage)."""
+
+    async def call(arg: Any) -> Any:
+        try:
+            return await handle.remote(arg, stage_deadline.get(None))
+        except _UNAVAILABLE as exc:
+            raise StageUnavailable(_describe(exc), getattr(exc, "retry_after_s", None)) from None
+        except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, _UNAVAILABLE):
+                raise StageUnavailable(_describe(cause), getattr(cause, "retry_after_s", None)) from None
+            raise
+
+    return call
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BackPressureError):
+        return "its queue is full"
+    if isinstance(exc, DeploymentUnavailableError):
+        return "no replica is running"
+    return f"its replica is gone ({type(exc).__name__})"
 
 
 @api.exception_handler(StarletteHTTPException)
 async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     path = request.url.path
     if exc.status_code == 404:
-        return _json_error(404, "not_found", f"{path}: no such endpoint (POST /v1/answer, GET /healthz)",
-                           field="path")
+        return _json_error(404, "not_found",
+                           f"{path[:200]}: no such endpoint (POST /v1/answer, GET /healthz, GET /readyz)", field="path")
     if exc.status_code == 405:
         return _json_error(405, "method_not_allowed", f"{request.method} {path}: not allowed here", field="method")
     return _json_error(exc.status_code, "http_error", str(exc.detail), field="request")
@@ -78,7 +131,10 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
                        request_id=request_id)
 
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 405, 413, 500, 502, 503, 504)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 405, 408, 413, 415, 500, 502, 503, 504)}
+# serveConfigV2 deployment name -> the stage it runs, for /readyz.
+_STAGE_OF = {"Ingress": "ingress", "Normalizer": "normalizer", "Retriever": "retriever", "Reranker": "reranker",
+             "Generator": "generator"}
 
 
 @serve.deployment(name="Ingress")
@@ -94,12 +150,13 @@ class Ingress:
             "models": bundle.models_info(),
         }
         self.stages = Stages(
-            normalize=normalizer.remote,
-            retrieve=retriever.remote,
-            rerank=reranker.remote,
-            generate=generator.remote,
+            normalize=_stage_call(normalizer),
+            retrieve=_stage_call(retriever),
+            rerank=_stage_call(reranker),
+            generate=_stage_call(generator),
         )
         self.config: IngressConfig | None = None
+        self.admission = Admission()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.config = parse(IngressConfig, user_config, "Ingress.user_config")
@@ -107,6 +164,32 @@ class Ingress:
     @api.get("/healthz", summary="Liveness and what is deployed")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", **self.info}
+
+    @api.get("/readyz", summary="Whether every stage has a running, healthy replica",
+             responses={503: {"description": "a stage has no running replica or is unhealthy"}})
+    async def readyz(self) -> JSONResponse:
+        # Serve's own view: a replica whose check_health fails (each model deployment runs a tiny
+        # inference) is not RUNNING, and a deployment whose replicas cannot start is UNHEALTHY
+        # or DEPLOY_FAILED. serve.status() is a blocking controller call, hence the thread.
+        app_name = serve.get_replica_context().app_name
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(app_name)
+        deployments = app.deployments if app is not None else {}
+        stages = {
+            _STAGE_OF.get(name, name): {
+                "status": str(getattr(d.status, "value", d.status)),
+                "running_replicas": d.replica_states.get("RUNNING", 0),
+                "message": d.message,
+            }
+            for name, d in deployments.items()
+        }
+        ready = bool(stages) and all(s["running_replicas"] > 0 and s["status"] not in ("UNHEALTHY", "DEPLOY_FAILED")
+                                     for s in stages.values())
+        body = {"status": "ready" if ready else "not_ready", "stages": stages, **self.info}
+        if ready:
+            return JSONResponse(body)
+        assert self.config is not None
+        return JSONResponse(body, status_code=503, headers=_retry_after(self.config.retry_after_s))
 
     @api.post(
         "/v1/answer",
@@ -122,17 +205,23 @@ class Ingress:
         if self.config is None:
             raise RuntimeError("Ingress: no user_config in serveConfigV2")
         metrics = _metrics()
+        config = self.config
         try:
-            body = await self._read_body(request, self.config.max_body_bytes)
-            parsed = parse_answer_request(body, self.config)
-            result = await answer(parsed, self.stages, self.config.stage_timeouts_s.as_dict())
+            check_content_type(request.headers.get("content-type"))
+            body = await self._read_body(request, config.max_body_bytes, config.body_read_timeout_s)
+            parsed = parse_answer_request(body, config)
+            with self.admission.admit(config.max_in_flight, config.retry_after_s) as waiting_on:
+                result = await answer(parsed, self.stages, config.stage_timeouts_s.as_dict(), waiting_on)
         except InvalidInput as exc:
             metrics.requests.inc(tags={"status_class": "4xx"})
             return JSONResponse(error_body(exc), status_code=exc.status)
         except StageError as exc:
             metrics.requests.inc(tags={"status_class": "5xx"})
             metrics.stage_errors.inc(tags={"stage": exc.stage, "reason": exc.reason})
-            return JSONResponse(error_body(exc), status_code=exc.status)
+            headers = None
+            if exc.status == 503:
+                headers = _retry_after(exc.retry_after_s or config.retry_after_s)
+            return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
         metrics.requests.inc(tags={"status_class": "2xx"})
         if result["retrieval"] == "empty":
             metrics.empty_retrievals.inc()
@@ -142,15 +231,23 @@ class Ingress:
         return JSONResponse({**result, **self.info})
 
     @staticmethod
-    async def _read_body(request: Request, limit: int) -> bytes:
-        """The body, refused as soon as it passes the limit (never buffering an unbounded upload)."""
+    async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+        """The body, refused as soon as it passes the limit (never buffering an unbounded upload)
+        or when it has not all arrived within timeout_s (a stalled or trickling client would
+        otherwise hold one of the replica's max_ongoing_requests slots)."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise InvalidInput("body", f"is {declared} bytes; the limit is {limit}", status=413, code="body_too_large")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise InvalidInput("body", f"is over the limit of {limit} bytes", status=413, code="body_too_large")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise InvalidInput("body", f"is over the limit of {limit} bytes", status=413,
+                                           code="body_too_large")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise InvalidInput("body", f"did not arrive within {timeout_s:g}s ({size} bytes received)",
+                               status=408, code="body_timeout") from None
         return b"".join(chunks)
