@@ -1,4 +1,7 @@
-"""One live local Ray for the whole test run (Ray takes seconds to start on this machine)."""
+"""One live local Ray for the whole test run (Ray takes seconds to start on this machine), shared
+by every test area that needs one (tests/e2e, tests/reliability): tests/conftest.py registers the
+fixture. Started exactly like `make run` (repoctl.local_run.start_ray): loopback only, token auth on.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from repoctl.local_run import logical_cpus_needed, start_ray
 from repoctl.render import serve_config_of
 from support_assistant.bundler.bundle import build_bundle
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -27,6 +30,7 @@ class LocalRay:
     http_port: int
     metrics_port: int
     configs: dict[str, dict]  # env -> serveConfigV2 as rendered from the overlay
+    token_file: Path  # the Ray auth token this session's Ray requires
 
     @property
     def url(self) -> str:
@@ -38,13 +42,15 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory, rendered: dict[str, list
     import ray
     from ray import serve
 
-    bundle_dir = tmp_path_factory.mktemp("e2e") / "bundle"
+    work = tmp_path_factory.mktemp("e2e")
+    bundle_dir = work / "bundle"
     build_bundle(bundle_dir, profile="local", corpus_dir=ROOT / "docs" / "runbooks")
     configs = {env: serve_config_of(docs) for env, docs in rendered.items()}
     metrics_port = free_port()
-    start_ray(max(logical_cpus_needed(c) for c in configs.values()), metrics_port=metrics_port)
+    token_file = work / "ray" / "auth_token"
+    start_ray(max(logical_cpus_needed(c) for c in configs.values()), metrics_port=metrics_port, token_file=token_file)
     try:
-        yield LocalRay(bundle_dir, free_port(), metrics_port, configs)
+        yield LocalRay(bundle_dir, free_port(), metrics_port, configs, token_file)
     finally:
         serve.shutdown()
         ray.shutdown()
