@@ -9,6 +9,8 @@ BUNDLE_DIR ?= .cache/bundle
 CORPUS ?= docs/runbooks
 FROM ?=
 TO ?=
+# bench/run.py sections to run (default: all of them).
+SECTIONS ?=
 
 .PHONY: help setup test validate diff run bundle image promote bench serve-config lint lock clean
 
@@ -44,9 +46,9 @@ image: ## build the app image (needs a Docker engine; see images/README.md)
 promote: setup ## copy the image digest and versions from one overlay to the next: make promote FROM=dev TO=staging
 	@$(REPOCTL) promote $(FROM) $(TO)
 
-bench: setup ## benchmarks (not tests): see bench/README.md
+bench: setup ## benchmarks (not tests), figures in docs/benchmarks.md; one section: make bench SECTIONS=reranker
 	@test -f $(BUNDLE_DIR)/manifest.json || $(MAKE) --no-print-directory bundle
-	@$(PY) bench/run.py --bundle $(BUNDLE_DIR)
+	@$(PY) bench/run.py --bundle $(BUNDLE_DIR) $(SECTIONS)
 
 lint: setup ## ruff
 	@$(VENV)/bin/ruff check .

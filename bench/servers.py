@@ -188,8 +188,8 @@ def nocache_bundle(bundle: Path) -> Path:
 
 def run_batching(bundle: Path, env: str, clients: int, warmup_s: float, seconds: float) -> int:
     """Child: the Reranker deployment alone (the dev config's options), driven through a Serve
-    handle by `clients` concurrent callers, with the configured @serve.batch and with batch size 1;
-    prints one JSON line per setting."""
+    handle by `clients` concurrent callers, with the configured @serve.batch, the other wait
+    timeout, and batch size 1; prints one JSON line per setting (the first one is the configured)."""
     import asyncio
 
     import ray
@@ -212,8 +212,14 @@ def run_batching(bundle: Path, env: str, clients: int, warmup_s: float, seconds:
     requests = [r for r in requests if r.passages]
     start_ray(4)
     try:
-        for batch in (options["user_config"]["max_batch_size"], 1):
-            user_config = {**options["user_config"], "max_batch_size": batch}
+        configured = options["user_config"]
+        # The configured batching, the same batch size without waiting for a batch to fill (requests
+        # that arrive while a batch runs still form the next one), and no batching.
+        settings = [(configured["max_batch_size"], configured["batch_wait_timeout_s"]),
+                    (configured["max_batch_size"], 0.01 if configured["batch_wait_timeout_s"] == 0 else 0.0),
+                    (1, 0.0)]
+        for batch, wait in settings:
+            user_config = {**configured, "max_batch_size": batch, "batch_wait_timeout_s": wait}
             app = RerankerDeployment.options(
                 max_ongoing_requests=options["max_ongoing_requests"], max_queued_requests=-1,
                 ray_actor_options={"num_cpus": options["ray_actor_options"]["num_cpus"]},
