@@ -101,6 +101,9 @@ def test_operator_creates_the_raycluster_from_the_overlay(env: str, reconciled: 
     assert rc["spec"]["rayVersion"] == config["rayVersion"]
     bounds = {g["groupName"]: (g["minReplicas"], g["maxReplicas"]) for g in rc["spec"]["workerGroupSpecs"]}
     assert bounds == {g["groupName"]: (g["minReplicas"], g["maxReplicas"]) for g in config["workerGroupSpecs"]}
+    # Ray's own auth (token mode), once an overlay sets it, reaches the cluster unchanged.
+    assert rc["spec"].get("authOptions") == config.get("authOptions")
+    assert rc["spec"].get("enableInTreeAutoscaling") == config.get("enableInTreeAutoscaling")
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
