@@ -158,6 +158,10 @@ def test_pods_carry_what_the_overlay_promised(env: str, reconciled: dict) -> Non
         if gpu_limit:
             assert f"--num-gpus={gpu_limit}" in command, f"{where}: {command}"
         assert re.search(r"--num-gpus=(?!0)", command) is None or gpu_limit, f"{where}: GPUs claimed without a limit"
+        if config.get("authOptions", {}).get("mode") == "token":  # Ray token auth: KubeRay injects it
+            env = {e["name"]: e for e in ray.get("env", [])}
+            assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", where
+            assert "secretKeyRef" in env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}), where
         if group_name == "headgroup" and config.get("enableInTreeAutoscaling"):
             sidecars = [c for c in spec["containers"] if c["name"] == "autoscaler"]
             assert sidecars and sidecars[0]["resources"] == config["autoscalerOptions"]["resources"], where
