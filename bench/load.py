@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import latency_summary
+from common import latency_summary, percentile
 
 LOCALHOST = "127.0.0.1"
 
@@ -27,6 +27,9 @@ class LevelResult:
     seconds: float
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
+    # The response's own timings_ms per stage (measured inside the ingress / pipeline.answer), so
+    # the table can say where the time goes: stage work, hops, or the HTTP front.
+    stage_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         ok = self.statuses.get("200", 0)
@@ -38,6 +41,7 @@ class LevelResult:
             "ok": ok,
             "errors": errors,
             "statuses": dict(self.statuses),
+            "stage_p50_ms": {stage: round(percentile(v, 50), 2) for stage, v in self.stage_ms.items()},
         }
 
 
@@ -54,10 +58,10 @@ class _Connection:
                 await self.writer.wait_closed()
         self.reader = self.writer = None
 
-    async def post(self, path: str, body: bytes) -> int:
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         return await asyncio.wait_for(self._post(path, body), self.timeout_s)
 
-    async def _post(self, path: str, body: bytes) -> int:
+    async def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(LOCALHOST, self.port)
         assert self.reader is not None
@@ -83,16 +87,18 @@ class _Connection:
             elif name == "connection" and value == "close":
                 close = True
         if chunked:
+            parts = []
             while True:
                 size = int((await self.reader.readline()).split(b";")[0], 16)
-                await self.reader.readexactly(size + 2)
+                parts.append((await self.reader.readexactly(size + 2))[:size])
                 if size == 0:
                     break
+            payload = b"".join(parts)
         else:
-            await self.reader.readexactly(length)
+            payload = await self.reader.readexactly(length)
         if close:
             await self.close()
-        return status
+        return status, payload
 
 
 async def _client(port: int, bodies: list[bytes], offset: int, warm_until: float, stop_at: float,
@@ -104,8 +110,10 @@ async def _client(port: int, bodies: list[bytes], offset: int, warm_until: float
             body = bodies[i % len(bodies)]
             i += 1
             t0 = time.perf_counter()
+            payload = b""
             try:
-                status = str(await connection.post("/v1/answer", body))
+                code, payload = await connection.post("/v1/answer", body)
+                status = str(code)
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 status = type(exc).__name__
                 await connection.close()
@@ -114,6 +122,8 @@ async def _client(port: int, bodies: list[bytes], offset: int, warm_until: float
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 if status == "200":
                     result.latencies_ms.append((t1 - t0) * 1000)
+                    for stage, ms in json.loads(payload).get("timings_ms", {}).items():
+                        result.stage_ms.setdefault(stage, []).append(float(ms))
     finally:
         await connection.close()
 

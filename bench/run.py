@@ -70,6 +70,8 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
             for row in sweep(args.port, _questions(), levels, args.warmup, args.seconds):
                 rows.append({"server": label, **row})
         print_table(f"pipeline: {label}", [r for r in rows if r["server"] == label], PIPELINE_COLUMNS)
+        print_table(f"pipeline: {label}, p50 of each response's own timings_ms",
+                    [{"concurrency": r["concurrency"], **r["stage_p50_ms"]} for r in rows if r["server"] == label])
     baseline = {r["concurrency"]: r for r in rows if r["server"] == "single-process baseline"}
     serve = {r["concurrency"]: r for r in rows if r["server"] == "Ray Serve, dev config"}
     comparison = [{
