@@ -1,8 +1,10 @@
 """A bounded closed-loop HTTP load generator for the local server (127.0.0.1 only).
 
 `concurrency` clients each send one request at a time until `total` have been sent. A client that
-gets a 503/429 waits what its Retry-After says before its next request, as a well-behaved client
-does (a client that ignored it would only turn the server's spare CPU into more refusals). Every
+gets a 503/429 waits what its Retry-After says, plus a random jitter of up to as long again,
+before its next request, as a well-behaved client does: one that ignored Retry-After would only
+turn the server's CPU into more refusals, and clients refused together that retry after exactly
+the same delay come back together, as a burst. Every
 request ends as exactly one outcome: an HTTP status, a connection error or a client timeout, so
 nothing can go missing from the counts. Used by the load tests and by full_size.py; it measures
 and reports, the tests decide what passes.
@@ -14,6 +16,7 @@ import asyncio
 import itertools
 import json
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -111,7 +114,7 @@ async def _one(session: aiohttp.ClientSession, url: str, question: str, timeout_
 
 
 async def run_load(base_url: str, total: int, concurrency: int, *, timeout_s: float = 90.0,
-                   questions: Sequence[str] = QUESTIONS, max_wait_s: float = 5.0) -> Report:
+                   questions: Sequence[str] = QUESTIONS, max_wait_s: float = 5.0, seed: int = 11) -> Report:
     """Send `total` POST /v1/answer requests from `concurrency` closed-loop clients."""
     require_loopback(base_url)
     url = f"{base_url}/v1/answer"
@@ -119,6 +122,7 @@ async def run_load(base_url: str, total: int, concurrency: int, *, timeout_s: fl
     tickets = iter(range(total))
     picks = itertools.cycle(questions)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    jitter = random.Random(seed)
 
     async def client(session: aiohttp.ClientSession) -> None:
         for _ in tickets:
@@ -129,7 +133,8 @@ async def run_load(base_url: str, total: int, concurrency: int, *, timeout_s: fl
                     wait = float(outcome.retry_after or 1)
                 except ValueError:
                     wait = 1.0
-                await asyncio.sleep(min(wait, max_wait_s))
+                wait = min(wait, max_wait_s)
+                await asyncio.sleep(wait + jitter.uniform(0, wait))
 
     started = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:

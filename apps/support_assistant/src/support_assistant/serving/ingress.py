@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,6 +44,7 @@ from support_assistant.errors import InvalidInput, StageError, StageUnavailable
 from support_assistant.pipeline import Stages, answer, stage_deadline
 from support_assistant.runtime.bundle import load_bundle
 from support_assistant.serving.admission import Admission
+from support_assistant.serving.availability import StageAvailability
 from support_assistant.serving.telemetry import IngressMetrics
 
 APP_NAME = "support-assistant"
@@ -79,22 +81,39 @@ def _retry_after(seconds: float) -> dict[str, str]:
 _UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, RayActorError, WorkerCrashedError)
 
 
-def _stage_call(handle: Any) -> Callable[[Any], Awaitable[Any]]:
+def _stage_call(stage: str, handle: Any, deaths: StageAvailability) -> Callable[[Any], Awaitable[Any]]:
     """A deployment handle as a pipeline stage: passes the stage's deadline to the replica, and
-    turns Ray's "cannot take it" errors into StageUnavailable (the pipeline names the stage)."""
+    turns Ray's "cannot take it" errors into StageUnavailable (the pipeline names the stage),
+    including a wait for a replacement replica that outlasts the budget (serving/availability.py)."""
 
     async def call(arg: Any) -> Any:
+        deadline = stage_deadline.get(None)
+        # Just before the pipeline's own timeout, so this wrapper can still say why it expired.
+        wait_s = None if deadline is None else max(0.0, deadline - time.time() - 0.05)
         try:
-            return await handle.remote(arg, stage_deadline.get(None))
+            result = await asyncio.wait_for(handle.remote(arg, deadline), timeout=wait_s)
         except _UNAVAILABLE as exc:
+            _note_death(stage, exc, deaths)
             raise StageUnavailable(_describe(exc), getattr(exc, "retry_after_s", None)) from None
+        except TimeoutError:
+            if deaths.coming_back(stage):
+                raise StageUnavailable("its replica is gone and no replacement has answered yet") from None
+            raise
         except Exception as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, _UNAVAILABLE):
+                _note_death(stage, cause, deaths)
                 raise StageUnavailable(_describe(cause), getattr(cause, "retry_after_s", None)) from None
             raise
+        deaths.answered(stage)
+        return result
 
     return call
+
+
+def _note_death(stage: str, exc: BaseException, deaths: StageAvailability) -> None:
+    if isinstance(exc, RayActorError | WorkerCrashedError):
+        deaths.died(stage)
 
 
 def _describe(exc: BaseException) -> str:
@@ -132,9 +151,6 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 405, 408, 413, 415, 500, 502, 503, 504)}
-# serveConfigV2 deployment name -> the stage it runs, for /readyz.
-_STAGE_OF = {"Ingress": "ingress", "Normalizer": "normalizer", "Retriever": "retriever", "Reranker": "reranker",
-             "Generator": "generator"}
 
 
 @serve.deployment(name="Ingress")
@@ -149,11 +165,14 @@ class Ingress:
             "bundle_version": bundle.bundle_version,
             "models": bundle.models_info(),
         }
+        # Refreshed every second: fresh enough to tell a timed-out request whether its stage
+        # is gone (a replica restarts in seconds), cheap for the controller.
+        self.availability = StageAvailability(serve.get_replica_context().app_name, refresh_s=1.0)
         self.stages = Stages(
-            normalize=_stage_call(normalizer),
-            retrieve=_stage_call(retriever),
-            rerank=_stage_call(reranker),
-            generate=_stage_call(generator),
+            normalize=_stage_call("normalizer", normalizer, self.availability),
+            retrieve=_stage_call("retriever", retriever, self.availability),
+            rerank=_stage_call("reranker", reranker, self.availability),
+            generate=_stage_call("generator", generator, self.availability),
         )
         self.config: IngressConfig | None = None
         self.admission = Admission()
@@ -170,21 +189,10 @@ class Ingress:
     async def readyz(self) -> JSONResponse:
         # Serve's own view: a replica whose check_health fails (each model deployment runs a tiny
         # inference) is not RUNNING, and a deployment whose replicas cannot start is UNHEALTHY
-        # or DEPLOY_FAILED. serve.status() is a blocking controller call, hence the thread.
-        app_name = serve.get_replica_context().app_name
-        status = await asyncio.to_thread(serve.status)
-        app = status.applications.get(app_name)
-        deployments = app.deployments if app is not None else {}
-        stages = {
-            _STAGE_OF.get(name, name): {
-                "status": str(getattr(d.status, "value", d.status)),
-                "running_replicas": d.replica_states.get("RUNNING", 0),
-                "message": d.message,
-            }
-            for name, d in deployments.items()
-        }
-        ready = bool(stages) and all(s["running_replicas"] > 0 and s["status"] not in ("UNHEALTHY", "DEPLOY_FAILED")
-                                     for s in stages.values())
+        # or DEPLOY_FAILED. Asked afresh here, not from the background snapshot.
+        self.availability.start()
+        stages = await self.availability.refresh()
+        ready = self.availability.ready()
         body = {"status": "ready" if ready else "not_ready", "stages": stages, **self.info}
         if ready:
             return JSONResponse(body)
@@ -206,6 +214,7 @@ class Ingress:
             raise RuntimeError("Ingress: no user_config in serveConfigV2")
         metrics = _metrics()
         config = self.config
+        self.availability.start()
         try:
             check_content_type(request.headers.get("content-type"))
             body = await self._read_body(request, config.max_body_bytes, config.body_read_timeout_s)

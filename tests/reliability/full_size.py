@@ -1,0 +1,71 @@
+"""The full-size load run (`make reliability`): starts a local Ray as `make run` does, deploys the
+dev overlay's serveConfigV2, and prints counts and percentiles at concurrency 8 and 64.
+
+    .venv/bin/python tests/reliability/full_size.py [--requests 5000] [--baseline 1000]
+
+A measurement, not a test: it prints and checks the acceptance figures of issue 11 (every request
+a 200 or a 503 with Retry-After, refused p99 < 100 ms, goodput at 64 >= 90% of goodput at 8) and
+exits 1 when one does not hold. Loopback only, bounded in count, stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import percentile, run_load
+from repoctl.local_run import deploy, local_serve_config, logical_cpus_needed, start_ray
+from repoctl.paths import ROOT
+from repoctl.render import render_overlay, serve_config_of
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / ".cache" / "bundle")
+    parser.add_argument("--requests", type=int, default=5000, help="requests at concurrency 64")
+    parser.add_argument("--baseline", type=int, default=1000, help="requests at concurrency 8")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    if not (args.bundle / "manifest.json").is_file():
+        raise SystemExit(f"{args.bundle}: no model bundle; build it with `make bundle`")
+    config = local_serve_config(serve_config_of(render_overlay("dev")), args.bundle, args.port)
+    import ray
+    from ray import serve
+
+    start_ray(logical_cpus_needed(config), token_file=Path(tempfile.mkdtemp()) / "auth_token")
+    try:
+        deploy(config)
+        url = f"http://127.0.0.1:{args.port}"
+        print(f"{os.cpu_count()} CPUs; dev overlay serveConfigV2 on a local Ray", flush=True)
+        asyncio.run(run_load(url, 32, 4))  # warm-up, not reported
+        time.sleep(2)
+        baseline = asyncio.run(run_load(url, args.baseline, 8))
+        print(baseline.summary(), flush=True)
+        overload = asyncio.run(run_load(url, args.requests, 64))
+        print(overload.summary(), flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    refused = [o for o in overload.outcomes if o.status in (429, 503)]
+    checks = {
+        "every request a 200 or a 503/429": set(overload.statuses()) <= {200, 429, 503},
+        "every refusal has Retry-After": all(o.retry_after for o in refused),
+        "refused p99 < 100 ms": percentile(overload.latencies(503), 99) < 0.1,
+        "goodput at 64 >= 90% of goodput at 8": overload.goodput >= 0.9 * baseline.goodput,
+    }
+    ratio = overload.goodput / baseline.goodput if baseline.goodput else 0.0
+    print(f"goodput ratio 64/8: {ratio:.2f}")
+    for name, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {name}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Overload on the dev config: 64 closed-loop clients get only 200s and fast JSON 503s with
+Retry-After, and the answers per second stay near what 8 clients get.
+
+A smaller real size than the documented full run (`make reliability`: 5,000 requests at 64, see
+docs/reliability.md); both print counts and percentiles. Loopback only, bounded in count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from live import deploy_dev
+from loadgen import percentile, run_load
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+BASELINE_REQUESTS, BASELINE_CONCURRENCY = 150, 8
+OVERLOAD_REQUESTS, OVERLOAD_CONCURRENCY = 400, 64
+# The acceptance is 90% at full size (docs/reliability.md reports the measured ratio, which falls
+# short of it on 2 cores); this short run shares the machine with the suite, hence the margin.
+MIN_GOODPUT_RATIO = 0.6
+# "Well under a second": a refusal must not cost the client a wait like an answer's.
+MAX_REFUSAL_P99_S = 1.0
+
+
+def test_overload_gets_answers_and_fast_retryable_refusals_only(local_ray):
+    deploy_dev(local_ray)
+    asyncio.run(run_load(local_ray.url, 16, 4))  # warm every replica's first batch
+    baseline = asyncio.run(run_load(local_ray.url, BASELINE_REQUESTS, BASELINE_CONCURRENCY))
+    print(baseline.summary())
+    overload = asyncio.run(run_load(local_ray.url, OVERLOAD_REQUESTS, OVERLOAD_CONCURRENCY))
+    print(overload.summary())
+
+    assert len(overload.outcomes) == OVERLOAD_REQUESTS  # every request accounted for
+    assert set(baseline.statuses()) == {200}, baseline.summary()
+    assert set(overload.statuses()) <= {200, 503}, overload.summary()  # no 504, 5xx or connection error
+    refused = [o for o in overload.outcomes if o.status == 503]
+    assert refused, "64 clients on 2 cores never got a refusal: the test did not overload anything"
+    for outcome in refused:
+        assert outcome.retry_after and int(outcome.retry_after) >= 1, outcome
+        assert outcome.code == "stage_unavailable" and outcome.stage, outcome
+    assert percentile(overload.latencies(503), 99) < MAX_REFUSAL_P99_S, overload.summary()
+    assert overload.goodput >= MIN_GOODPUT_RATIO * baseline.goodput, (baseline.summary(), overload.summary())
