@@ -172,8 +172,10 @@ def parse_answer_request(body: bytes, limits: IngressConfig) -> ParsedRequest:
     if unknown:
         # Checked here rather than by pydantic, which reports a key it cannot encode (an unpaired
         # surrogate) without naming it.
-        raise InvalidInput(printable(unknown[0][:80]),
-                           f"unknown field (allowed: {', '.join(AnswerRequest.model_fields)})")
+        key = unknown[0]
+        # A key that is not a plain name ("", spaces, control characters) is shown quoted.
+        field = key[:80] if key.isprintable() and key.strip() == key and key else f"body[{key[:80]!r}]"
+        raise InvalidInput(printable(field), f"unknown field (allowed: {', '.join(AnswerRequest.model_fields)})")
     try:
         request = AnswerRequest.model_validate(data)
     except ValidationError as exc:
