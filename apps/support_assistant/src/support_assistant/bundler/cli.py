@@ -50,6 +50,8 @@ def _summary(bundle: Bundle) -> str:
         "path": str(bundle.root),
         "models": bundle.models_info(),
         "index": bundle.index is not None,
+        # Passage and sentence vectors computed at build time (bi-encoder bundles with an index).
+        "embeddings": bundle.embeddings is not None,
     }, indent=2)
 
 
