@@ -74,14 +74,19 @@ def replica_pids(deployment_name: str) -> list[int]:
 
 def request(url: str, body: bytes | None = None, method: str | None = None, timeout_s: float = 60,
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    """(status, headers, JSON body) of one HTTP call; a non-JSON body raises, failing the test."""
+    """(status, headers with lower-case names, JSON body) of one HTTP call; a non-JSON body raises,
+    failing the test."""
     req = urllib.request.Request(url, data=body, method=method,
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
+            return response.status, _lower(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
+        return error.code, _lower(error.headers), json.loads(error.read())
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {key.lower(): value for key, value in headers.items()}
 
 
 def raw_http(port: int, payload: bytes, timeout_s: float = 30, pause_s: float = 0.0,
