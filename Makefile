@@ -12,7 +12,7 @@ TO ?=
 # bench/run.py sections to run (default: all of them).
 SECTIONS ?=
 
-.PHONY: help setup test validate diff run bundle image promote bench serve-config lint lock clean
+.PHONY: help setup test validate diff run bundle image promote bench reliability serve-config lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ promote: setup ## copy the image digest and versions from one overlay to the nex
 bench: setup ## benchmarks (not tests), figures in docs/benchmarks.md; one section: make bench SECTIONS=reranker
 	@test -f $(BUNDLE_DIR)/manifest.json || $(MAKE) --no-print-directory bundle
 	@$(PY) bench/run.py --bundle $(BUNDLE_DIR) $(SECTIONS)
+
+reliability: setup ## full-size load run (5,000 requests at concurrency 64, dev config, loopback): docs/reliability.md
+	@test -f $(BUNDLE_DIR)/manifest.json || $(MAKE) --no-print-directory bundle
+	@$(PY) tests/reliability/full_size.py --bundle $(BUNDLE_DIR)
 
 lint: setup ## ruff
 	@$(VENV)/bin/ruff check .
