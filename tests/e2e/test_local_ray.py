@@ -131,6 +131,7 @@ NOT_EXPORTED_LOCALLY = {
     # Counters appear on their first increment.
     "ray_serve_deployment_error_counter_total": "first exception raised in a replica",
     "ray_support_assistant_generated_tokens_total": "abstractive generator only (the local bundle has no LM)",
+    # tests/reliability/test_model_load_failure.py makes one and checks the alert on its series.
     "ray_support_assistant_model_load_failures_total": "first failed model load",
 }
 
