@@ -175,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
             f"\nsupport-assistant is up at {url}  (Ctrl-C to stop)\n\n"
             f"  curl -s {url}/v1/answer -H 'Content-Type: application/json' \\\n"
             f"    -d '{{\"question\": \"{EXAMPLE_QUESTION}\", \"top_k\": 3}}'\n\n"
-            f"  curl -s {url}/healthz\n",
+            f"  curl -s {url}/readyz\n\n"
+            f"Ray listens on 127.0.0.1 only and wants its token: RAY_AUTH_MODE=token "
+            f"RAY_AUTH_TOKEN_PATH={TOKEN_FILE} ray status\n",
             flush=True,
         )
         while True:
