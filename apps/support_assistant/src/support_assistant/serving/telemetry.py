@@ -69,6 +69,7 @@ class IngressMetrics:
         )
         self.stage_errors = metrics.Counter(
             "support_assistant_stage_errors",
-            description="Requests that failed in a stage, by stage and reason (timeout, model_error, internal).",
+            description="Requests that failed in a stage, by stage and reason "
+                        "(timeout, unavailable, model_error, internal).",
             tag_keys=("stage", "reason"),
         )
