@@ -32,6 +32,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5000, help="requests at concurrency 64")
     parser.add_argument("--baseline", type=int, default=1000, help="requests at concurrency 8")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--max-wait", type=float, default=5.0,
+                        help="longest Retry-After a client honours, in seconds (0: clients that ignore it)")
     args = parser.parse_args()
     if not (args.bundle / "manifest.json").is_file():
         raise SystemExit(f"{args.bundle}: no model bundle; build it with `make bundle`")
@@ -46,9 +48,9 @@ def main() -> int:
         print(f"{os.cpu_count()} CPUs; dev overlay serveConfigV2 on a local Ray", flush=True)
         asyncio.run(run_load(url, 32, 4))  # warm-up, not reported
         time.sleep(2)
-        baseline = asyncio.run(run_load(url, args.baseline, 8))
+        baseline = asyncio.run(run_load(url, args.baseline, 8, max_wait_s=args.max_wait))
         print(baseline.summary(), flush=True)
-        overload = asyncio.run(run_load(url, args.requests, 64))
+        overload = asyncio.run(run_load(url, args.requests, 64, max_wait_s=args.max_wait))
         print(overload.summary(), flush=True)
     finally:
         serve.shutdown()
