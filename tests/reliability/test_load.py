@@ -17,8 +17,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 BASELINE_REQUESTS, BASELINE_CONCURRENCY = 150, 8
 OVERLOAD_REQUESTS, OVERLOAD_CONCURRENCY = 400, 64
-# The acceptance is 90% at full size (docs/reliability.md reports the measured ratio, which falls
-# short of it on 2 cores); this short run shares the machine with the suite, hence the margin.
+# The acceptance is 90% at full size (`make reliability`, docs/reliability.md: 0.92). This run
+# lasts seconds: all 64 clients start in the same millisecond, the last ones spend the end of it
+# waiting out a Retry-After, and it shares the machine with the suite (0.69 measured once), hence
+# the margin; it still fails on the collapse issue 11 reported (0.1 of the c=8 rate).
 MIN_GOODPUT_RATIO = 0.6
 # "Well under a second": a refusal must not cost the client a wait like an answer's.
 MAX_REFUSAL_P99_S = 1.0
