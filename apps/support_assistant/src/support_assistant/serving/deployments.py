@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray import serve
@@ -53,6 +53,8 @@ class _Expired:
 
 
 _EXPIRED = _Expired()
+T = TypeVar("T")  # a request of a batched stage
+R = TypeVar("R")  # its result
 
 
 def _expired(deadline_s: float | None) -> bool:
@@ -62,6 +64,30 @@ def _expired(deadline_s: float | None) -> bool:
 def _refuse_if_expired(stage: str, deadline_s: float | None) -> None:
     if _expired(deadline_s):
         raise BudgetExpired(f"{stage}: the request's budget ended before it reached the replica")
+
+
+async def _run_live_batch(metrics: StageMetrics, run: Callable[[list[T]], list[R]], requests: list[T],
+                                deadlines: list[float | None]) -> list[R | _Expired]:
+    """One model run over the batch's requests whose budget has not ended; the others come back
+    as _EXPIRED without costing a place in the run."""
+    live = [i for i, deadline in enumerate(deadlines) if not _expired(deadline)]
+    results: list[R | _Expired] = [_EXPIRED] * len(requests)
+    if not live:
+        return results
+    metrics.batch_size.observe(len(live))
+    with metrics.timed():
+        # ONNX Runtime releases the GIL; a thread keeps the replica's event loop free to
+        # collect the next batch meanwhile.
+        done = await asyncio.to_thread(run, [requests[i] for i in live])
+    for i, result in zip(live, done, strict=True):
+        results[i] = result
+    return results
+
+
+def _unless_expired(stage: str, result: R | _Expired) -> R:
+    if isinstance(result, _Expired):
+        raise BudgetExpired(f"{stage}: the request's budget ended while it waited for a batch")
+    return result
 
 
 @contextmanager
@@ -149,25 +175,11 @@ class RerankerDeployment:
     @serve.batch(**_UNSET_BATCH)
     async def rerank_batch(self, requests: list[RerankRequest], deadlines: list[float | None]
                            ) -> list[Reranked | _Expired]:
-        live = [i for i, deadline in enumerate(deadlines) if not _expired(deadline)]
-        results: list[Reranked | _Expired] = [_EXPIRED] * len(requests)
-        if not live:
-            return results
-        self.metrics.batch_size.observe(len(live))
-        with self.metrics.timed():
-            # ONNX Runtime releases the GIL; a thread keeps the replica's event loop free to
-            # collect the next batch meanwhile.
-            done = await asyncio.to_thread(self.stage.rerank_many, [requests[i] for i in live])
-        for i, result in zip(live, done, strict=True):
-            results[i] = result
-        return results
+        return await _run_live_batch(self.metrics, self.stage.rerank_many, requests, deadlines)
 
     async def __call__(self, request: RerankRequest, deadline_s: float | None = None) -> Reranked:
         _refuse_if_expired("reranker", deadline_s)
-        result = await self.rerank_batch(request, deadline_s)
-        if isinstance(result, _Expired):
-            raise BudgetExpired("reranker: the request's budget ended while it waited for a batch")
-        return result
+        return _unless_expired("reranker", await self.rerank_batch(request, deadline_s))
 
 
 @serve.deployment(name="Generator")
@@ -203,22 +215,10 @@ class GeneratorDeployment:
     @serve.batch(**_UNSET_BATCH)
     async def generate_batch(self, requests: list[GenerationRequest], deadlines: list[float | None]
                              ) -> list[Answer | _Expired]:
-        live = [i for i, deadline in enumerate(deadlines) if not _expired(deadline)]
-        results: list[Answer | _Expired] = [_EXPIRED] * len(requests)
-        if not live:
-            return results
-        self.metrics.batch_size.observe(len(live))
-        with self.metrics.timed():
-            done = await asyncio.to_thread(self.generator.answer_many, [requests[i] for i in live])
-        for i, result in zip(live, done, strict=True):
-            results[i] = result
-        return results
+        return await _run_live_batch(self.metrics, self.generator.answer_many, requests, deadlines)
 
     async def __call__(self, request: GenerationRequest, deadline_s: float | None = None) -> Answer:
         if self.generator is None:
             raise RuntimeError("Generator: no user_config in serveConfigV2")
         _refuse_if_expired("generator", deadline_s)
-        result = await self.generate_batch(request, deadline_s)
-        if isinstance(result, _Expired):
-            raise BudgetExpired("generator: the request's budget ended while it waited for a batch")
-        return result
+        return _unless_expired("generator", await self.generate_batch(request, deadline_s))

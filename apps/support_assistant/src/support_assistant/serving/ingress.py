@@ -92,19 +92,17 @@ def _stage_call(stage: str, handle: Any, deaths: StageAvailability) -> Callable[
         wait_s = None if deadline is None else max(0.0, deadline - time.time() - 0.05)
         try:
             result = await asyncio.wait_for(handle.remote(arg, deadline), timeout=wait_s)
-        except _UNAVAILABLE as exc:
-            _note_death(stage, exc, deaths)
-            raise StageUnavailable(_describe(exc), getattr(exc, "retry_after_s", None)) from None
         except TimeoutError:
             if deaths.coming_back(stage):
                 raise StageUnavailable("its replica is gone and no replacement has answered yet") from None
             raise
         except Exception as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, _UNAVAILABLE):
-                _note_death(stage, cause, deaths)
-                raise StageUnavailable(_describe(cause), getattr(cause, "retry_after_s", None)) from None
-            raise
+            # Raised by the handle itself, or by the replica and wrapped by Ray (its `cause`).
+            unavailable = exc if isinstance(exc, _UNAVAILABLE) else getattr(exc, "cause", None)
+            if not isinstance(unavailable, _UNAVAILABLE):
+                raise
+            _note_death(stage, unavailable, deaths)
+            raise StageUnavailable(_describe(unavailable), getattr(unavailable, "retry_after_s", None)) from None
         deaths.answered(stage)
         return result
 
