@@ -11,8 +11,9 @@ import textwrap
 from pathlib import Path
 
 from kube import wait_for
-from repoctl.cluster import OPERATOR, ControlPlane, is_loopback, listeners
+from repoctl.cluster import OPERATOR, ControlPlane
 from repoctl.paths import ROOT, versions
+from repoctl.sockets import is_loopback, listeners
 
 
 def _gone(pids: list[int]) -> bool:

@@ -4,58 +4,23 @@ The session's Ray is started exactly as `make run` starts it (repoctl.local_run.
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import socket
+import contextlib
 from pathlib import Path
 
 import pytest
 from live import STAGE_DEPLOYMENTS, deploy_dev, descendants, replica_pids
+from repoctl.sockets import is_loopback, listeners
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 
-def _address(hex_address: str) -> tuple[str, int]:
-    ip, port = hex_address.split(":")
-    raw = bytes.fromhex(ip)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
-    # /proc/net/tcp6 writes each 32-bit word in host (little-endian) order.
-    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-    return socket.inet_ntop(socket.AF_INET6, raw), int(port, 16)
-
-
 def listening_sockets(pids: set[int]) -> list[tuple[str, int, str, int]]:
     """(process name, pid, address, port) of every TCP socket in LISTEN state the pids hold."""
-    listening: dict[str, tuple[str, int]] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":  # TCP_LISTEN
-                listening[fields[9]] = _address(fields[1])
-    found = []
+    names: dict[int, str] = {}
     for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            name = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            inode = target[len("socket:["):-1] if target.startswith("socket:[") else None
-            if inode in listening:
-                found.append((name, pid, *listening[inode]))
-    return sorted(set(found))
-
-
-def is_loopback(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+        with contextlib.suppress(OSError):
+            names[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+    return sorted({(names[pid], pid, address, port) for pid, address, port in listeners(pids) if pid in names})
 
 
 def _replica_grpc_sockets(sockets: list[tuple[str, int, str, int]]) -> list[tuple[str, int, str, int]]:

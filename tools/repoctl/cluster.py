@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from repoctl.paths import BIN, CACHE, versions
+from repoctl.sockets import listeners
 
 # `repoctl cluster up`: certificates, kubeconfig, etcd data, logs, state.json (REPOCTL_CLUSTER_DIR moves it)
 STATE_DIR = Path(os.environ.get("REPOCTL_CLUSTER_DIR", CACHE / "cluster"))
@@ -194,36 +195,6 @@ def _stop_pid(pid: int, timeout: float = 10.0) -> None:
             if not _alive(pid):
                 return
             time.sleep(0.05)
-
-
-def listeners(pids: list[int]) -> list[tuple[int, str, int]]:
-    """(pid, address, port) of every listening TCP socket the processes hold, from /proc (IPv4 and IPv6)."""
-    inodes: dict[str, int] = {}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:["):
-                        inodes[link[8:-1]] = pid
-    found = []
-    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                cols = line.split()
-                if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
-                    continue
-                addr_hex, port_hex = cols[1].split(":")
-                raw = bytes.fromhex(addr_hex)
-                # /proc prints each 32-bit word in host (little-endian) order
-                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-                family = socket.AF_INET if size == 4 else socket.AF_INET6
-                found.append((inodes[cols[9]], socket.inet_ntop(family, raw), int(port_hex, 16)))
-    return found
-
-
-def is_loopback(address: str) -> bool:
-    return address.startswith("127.") or address in ("::1", "::ffff:127.0.0.1") or address.startswith("::ffff:127.")
 
 
 @dataclass
