@@ -26,17 +26,27 @@ class Admission:
         self.in_flight = 0
         self.waiting_on: Counter[str] = Counter()
 
+    def refuse_if_full(self, limit: int, retry_after_s: float) -> None:
+        """Raises StageError 503 naming the busiest stage when no place is free now; holds nothing.
+
+        The ingress asks this before it reads the body: under overload most requests are refused,
+        and on Serve reading a body costs a call back to the proxy that sent it, so a refusal that
+        skips it is answered several times faster. A request let through still reads and parses its
+        body before admit() holds a place, so a slow upload never keeps a place in the pipeline."""
+        if self.in_flight < limit:
+            return
+        stage, waiting = max(self.waiting_on.items(), key=lambda item: item[1], default=("ingress", 0))
+        if waiting <= 0:
+            stage = "ingress"
+        raise StageError(stage, "unavailable",
+                         f"the pipeline is full ({self.in_flight} requests in flight, the limit is {limit}; "
+                         f"{waiting} waiting on the {stage}); retry after {retry_after_s:g}s",
+                         status=503, retry_after_s=retry_after_s)
+
     @contextmanager
     def admit(self, limit: int, retry_after_s: float) -> Iterator[Counter[str]]:
         """Holds a place for one request, or raises StageError 503 naming the busiest stage."""
-        if self.in_flight >= limit:
-            stage, waiting = max(self.waiting_on.items(), key=lambda item: item[1], default=("ingress", 0))
-            if waiting <= 0:
-                stage = "ingress"
-            raise StageError(stage, "unavailable",
-                             f"the pipeline is full ({self.in_flight} requests in flight, the limit is {limit}; "
-                             f"{waiting} waiting on the {stage}); retry after {retry_after_s:g}s",
-                             status=503, retry_after_s=retry_after_s)
+        self.refuse_if_full(limit, retry_after_s)
         self.in_flight += 1
         try:
             yield self.waiting_on

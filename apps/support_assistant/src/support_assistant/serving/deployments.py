@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
@@ -112,6 +114,29 @@ def require_cuda_when_given_a_gpu(model: str, provider: str, gpu_ids: Sequence[A
         raise RuntimeError(message)
 
 
+# How much lower than the proxy's and the ingress's the model replicas' CPU priority is (nice(2)).
+# Model work is batched behind queues and takes its CPU in long runs; the proxy and the ingress answer
+# every request, refusals and health checks included, in short ones. Where they share cores (a
+# pod's CPU limit, a laptop), a lower priority for the model lets a refusal or a probe through in
+# milliseconds instead of waiting behind a batch; the model loses no throughput (the CPU it yields is
+# the little the front needs). docs/reliability.md has the figures.
+MODEL_REPLICA_NICENESS = 10
+
+
+def yield_cpu_to_the_front(niceness: int = MODEL_REPLICA_NICENESS) -> None:
+    """Lowers the CPU priority of every thread of this replica process by `niceness` (raising a
+    niceness needs no privilege). Linux keeps a niceness per thread and a new thread inherits its
+    creator's, so the threads Ray started before __init__ are lowered one by one, and the ONNX
+    Runtime and to_thread pools created later inherit it."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        os.nice(niceness)
+        return
+    for tid in (int(t.name) for t in tasks.iterdir()):
+        with suppress(ProcessLookupError):  # the thread ended meanwhile
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness))
+
+
 @serve.deployment(name="Normalizer")
 class NormalizerDeployment:
     def __init__(self) -> None:
@@ -157,6 +182,7 @@ class RetrieverDeployment:
 class RerankerDeployment:
     def __init__(self, bundle_dir: str) -> None:
         self.metrics = StageMetrics("reranker")
+        yield_cpu_to_the_front()
         with counting_load_failures(self.metrics, "reranker"):
             self.stage = load_reranker_stage(load_bundle(bundle_dir))
             require_cuda_when_given_a_gpu("reranker", self.stage.provider)
@@ -186,6 +212,7 @@ class RerankerDeployment:
 class GeneratorDeployment:
     def __init__(self, bundle_dir: str) -> None:
         self.metrics = StageMetrics("generator")
+        yield_cpu_to_the_front()
         self.bundle_dir = bundle_dir
         self.generator: Any = None
 

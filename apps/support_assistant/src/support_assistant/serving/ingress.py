@@ -215,6 +215,7 @@ class Ingress:
         self.availability.start()
         try:
             check_content_type(request.headers.get("content-type"))
+            self.admission.refuse_if_full(config.max_in_flight, config.retry_after_s)
             body = await self._read_body(request, config.max_body_bytes, config.body_read_timeout_s)
             parsed = parse_answer_request(body, config)
             with self.admission.admit(config.max_in_flight, config.retry_after_s) as waiting_on:
