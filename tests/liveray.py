@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from repoctl.local_run import logical_cpus_needed, start_ray
-from repoctl.render import serve_config_of
+from repoctl.render import ray_serve_env_of, serve_config_of
 from support_assistant.bundler.bundle import build_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,12 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory, rendered: dict[str, list
     configs = {env: serve_config_of(docs) for env, docs in rendered.items()}
     metrics_port = free_port()
     token_file = work / "ray" / "auth_token"
-    start_ray(max(logical_cpus_needed(c) for c in configs.values()), metrics_port=metrics_port, token_file=token_file)
+    serve_envs = {env: ray_serve_env_of(docs) for env, docs in rendered.items()}
+    # One Ray serves every overlay's config, so their Serve data-plane settings must agree (they
+    # live in the base RayService).
+    assert len({tuple(sorted(e.items())) for e in serve_envs.values()}) == 1, serve_envs
+    start_ray(max(logical_cpus_needed(c) for c in configs.values()), metrics_port=metrics_port, token_file=token_file,
+              serve_env=serve_envs["dev"])
     try:
         yield LocalRay(bundle_dir, free_port(), metrics_port, configs, token_file)
     finally:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import percentile, run_load
 from repoctl.local_run import deploy, local_serve_config, logical_cpus_needed, start_ray
 from repoctl.paths import ROOT
-from repoctl.render import render_overlay, serve_config_of
+from repoctl.render import ray_serve_env_of, render_overlay, serve_config_of
 
 
 def main() -> int:
@@ -37,11 +37,13 @@ def main() -> int:
     args = parser.parse_args()
     if not (args.bundle / "manifest.json").is_file():
         raise SystemExit(f"{args.bundle}: no model bundle; build it with `make bundle`")
-    config = local_serve_config(serve_config_of(render_overlay("dev")), args.bundle, args.port)
+    docs = render_overlay("dev")
+    config = local_serve_config(serve_config_of(docs), args.bundle, args.port)
     import ray
     from ray import serve
 
-    start_ray(logical_cpus_needed(config), token_file=Path(tempfile.mkdtemp()) / "auth_token")
+    start_ray(logical_cpus_needed(config), token_file=Path(tempfile.mkdtemp()) / "auth_token",
+              serve_env=ray_serve_env_of(docs))
     try:
         deploy(config)
         url = f"http://127.0.0.1:{args.port}"

@@ -20,11 +20,12 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from repoctl.paths import ENVIRONMENTS, ROOT
-from repoctl.render import RenderError, render_overlay, serve_config_of
+from repoctl.render import RenderError, ray_serve_env_of, render_overlay, serve_config_of
 
 EXAMPLE_QUESTION = "My RayService is stuck initializing after a deploy. What should I check first?"
 
@@ -95,8 +96,14 @@ def loopback_and_token_env(token_file: Path) -> None:
         Config.initialize("")
 
 
-def start_ray(num_cpus: int, metrics_port: int | None = None, token_file: Path = TOKEN_FILE) -> None:
+def start_ray(num_cpus: int, metrics_port: int | None = None, token_file: Path = TOKEN_FILE,
+              serve_env: Mapping[str, str] | None = None) -> None:
+    """`serve_env`: the overlay's RAY_SERVE_* settings (render.ray_serve_env_of), set before Ray starts
+    so that every Serve process it starts reads them; a variable already set in the caller's
+    environment wins (the bench compares data-plane variants that way)."""
     loopback_and_token_env(token_file)
+    for name, value in (serve_env or {}).items():
+        os.environ.setdefault(name, value)
     import ray
 
     ray.init(
@@ -158,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if not _port_free(args.port):
         raise SystemExit(f"port {args.port} on 127.0.0.1 is in use: stop what runs there or pass --port")
     try:
-        config = local_serve_config(serve_config_of(render_overlay(args.env)), args.bundle, args.port)
+        docs = render_overlay(args.env)
+        config = local_serve_config(serve_config_of(docs), args.bundle, args.port)
     except RenderError as exc:
         raise SystemExit(str(exc)) from None
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -168,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     try:
-        start_ray(logical_cpus_needed(config))
+        start_ray(logical_cpus_needed(config), serve_env=ray_serve_env_of(docs))
         deploy(config)
         url = f"http://127.0.0.1:{args.port}"
         print(

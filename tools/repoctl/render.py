@@ -65,6 +65,14 @@ def serve_config_of(docs: list[dict]) -> dict:
     return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
 
 
+def ray_serve_env_of(docs: list[dict]) -> dict[str, str]:
+    """The RAY_SERVE_* variables the RayService sets on its Ray containers (Serve's data-plane
+    settings, read by every Serve process at import). The same on every container: a test checks it."""
+    cluster = find(docs, "RayService")["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in head.get("env", []) if e["name"].startswith("RAY_SERVE_")}
+
+
 # --- targets --------------------------------------------------------------------------------------------
 
 
