@@ -163,3 +163,20 @@ def test_waiting_on_counts_requests_inside_each_stage():
     asyncio.run(answer(ParsedRequest(question="q", top_k=1), stages(rerank=rerank), TIMEOUTS, waiting))
     assert during["reranker"]["reranker"] == 1 and during["reranker"]["normalizer"] == 0
     assert not +waiting  # every stage left
+
+
+def test_the_rerankers_question_vector_reaches_the_generator():
+    from support_assistant.schema import QuestionVector
+
+    vector = QuestionVector("a" * 64, (0.6, 0.8))
+    seen = []
+
+    async def rerank(request):
+        return Reranked([RankedPassage.of(PASSAGE, 0.9)], "CPUExecutionProvider", question_vector=vector)
+
+    async def generate(request):
+        seen.append(request)
+        return Answer(text="answer [1]", mode="extractive", cited=[1])
+
+    run(stages(rerank=rerank, generate=generate), question="  Pod Pending ")
+    assert seen[0].question_vector == vector and seen[0].question == "Pod Pending"

@@ -101,3 +101,50 @@ def test_extractive_with_cached_vectors_answers_as_without(local_bundle):
     plain = ExtractiveGenerator(encoder)
     assert cached.answer_many(requests) == plain.answer_many(requests)
     assert [cached.answer(r) for r in requests] == [plain.answer(r) for r in requests]
+
+
+class CountingEncoder:
+    """The real encoder, counting the texts it is asked to embed."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder, self.embedded = encoder, 0
+        self.provider = encoder.provider
+
+    def embed(self, texts):
+        self.embedded += len(texts)
+        return self.encoder.embed(texts)
+
+    def score(self, query, passages):
+        return self.encoder.score(query, passages)
+
+
+def test_extractive_takes_the_rerankers_question_vector_from_the_same_graph_only(local_bundle):
+    from dataclasses import replace as with_
+
+    from support_assistant.assemble import load_vectors
+    from support_assistant.schema import QuestionVector, RerankRequest
+    from support_assistant.stages.reranker import RerankStage
+    from support_assistant.stages.retriever import Retriever
+
+    encoder = load_reranker(local_bundle.reranker_dir, "bi-encoder")
+    vectors = load_vectors(local_bundle)
+    question = "replica keeps restarting with OOMKilled"
+    reranked = RerankStage(encoder, vectors).rerank(
+        RerankRequest(question, Retriever(local_bundle.index_dir).search(question, 10), 3))
+    handed_on = reranked.question_vector
+    assert handed_on is not None and handed_on.encoder == vectors.model_sha256 and len(handed_on.values) == vectors.dim
+
+    counting = CountingEncoder(encoder)
+    generator = ExtractiveGenerator(counting, vectors=vectors)
+    without = generator.answer(GenerationRequest(question, reranked.passages))
+    assert counting.embedded == 1  # no vector: the question is embedded here
+    with_vector = generator.answer(GenerationRequest(question, reranked.passages, handed_on))
+    assert counting.embedded == 1  # the reranker's vector was used: nothing embedded
+    assert with_vector == without
+
+    other_graph = QuestionVector("0" * 64, handed_on.values)
+    assert generator.answer(GenerationRequest(question, reranked.passages, other_graph)) == without
+    assert counting.embedded == 2  # a vector from another graph is ignored and the question embedded
+    wrong_size = with_(handed_on, values=handed_on.values[:10])
+    generator.answer(GenerationRequest(question, reranked.passages, wrong_size))
+    assert counting.embedded == 3

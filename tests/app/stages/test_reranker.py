@@ -98,3 +98,14 @@ def test_passage_the_cache_does_not_hold_is_embedded(encoder, requests, vectors)
     assert counting.calls == [1 + len(edited)], "the request falls back to embedding its passages"
     plain = RerankStage(encoder).rerank(request)
     assert [p.id for p in fast.passages] == [p.id for p in plain.passages]
+
+
+def test_question_vector_goes_on_only_with_a_cache_of_the_same_graph(encoder, requests, vectors):
+    fast = RerankStage(encoder, vectors).rerank_many(requests)
+    embedded = encoder.embed([r.query for r in requests])
+    for result, expected in zip(fast, embedded, strict=True):
+        assert result.question_vector is not None and result.question_vector.encoder == vectors.model_sha256
+        np.testing.assert_allclose(result.question_vector.values, expected, atol=1e-5)
+    # Without a cache no generator could use it, and a score-only scorer has no vector at all.
+    assert RerankStage(encoder).rerank(requests[0]).question_vector is None
+    assert RerankStage(WordOverlapScorer(), vectors).rerank(requests[0]).question_vector is None

@@ -108,7 +108,8 @@ async def answer(request: ParsedRequest, stages: Stages, timeouts_s: dict[str, f
         reranked: Reranked = await timed(
             "reranker", stages.rerank, RerankRequest(normalized.text, candidates, request.top_k))
         generated: Answer = await timed(
-            "generator", stages.generate, GenerationRequest(normalized.text, reranked.passages))
+            "generator", stages.generate,
+            GenerationRequest(normalized.text, reranked.passages, reranked.question_vector))
         result.update(
             answer=generated.text,
             generator_mode=generated.mode,

@@ -3,6 +3,9 @@
     str --Normalizer--> NormalizedQuestion --Retriever--> list[Passage]
         --Reranker(RerankRequest)--> Reranked --Generator(GenerationRequest)--> Answer
 
+A bi-encoder reranker hands its question vector on (QuestionVector), so the extractive generator,
+which reads the same graph, does not embed the question a second time.
+
 Plain frozen dataclasses: cheap to pickle between Serve replicas, and the same objects when the
 stages run in one process (tests, the bench's single-process baseline).
 """
@@ -46,15 +49,27 @@ class RerankRequest:
 
 
 @dataclass(frozen=True)
+class QuestionVector:
+    """The question as a bi-encoder embedded it (L2-normalised). `encoder` is the sha256 of the graph
+    that computed it: a stage uses the vector only where its own cached vectors come from that same
+    graph, so during a rollout a vector from another bundle's model is ignored, never mixed in."""
+
+    encoder: str
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Reranked:
     passages: list[RankedPassage]  # best first, at most top_k
     provider: str  # the ONNX Runtime execution provider that scored them
+    question_vector: QuestionVector | None = None  # bi-encoder with cached vectors only
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     question: str
     passages: list[RankedPassage]  # best first; the answer cites them as [1], [2], ...
+    question_vector: QuestionVector | None = None  # the reranker's, when it embedded this question
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class CachedVectors:
     passage_digests: list[str]
     offsets: np.ndarray  # [passages + 1]
     sentence_texts: list[str]
+    model_sha256: str  # the encoder graph every row was computed with
 
     @property
     def dim(self) -> int:
@@ -107,4 +108,4 @@ def load_cached_vectors(directory: Path, entry: Mapping[str, Any], files: Mappin
         raise EmbeddingsError(f"{META_FILE}: digests/offsets/texts do not match {PASSAGES_FILE} and "
                               f"{SENTENCES_FILE}")
     return CachedVectors(passages=passages, sentences=sentences, passage_digests=digests, offsets=offsets,
-                         sentence_texts=texts)
+                         sentence_texts=texts, model_sha256=entry["model_sha256"])

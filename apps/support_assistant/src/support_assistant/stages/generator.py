@@ -8,7 +8,8 @@ Two modes, chosen by what the model bundle holds:
   ranked passages) and read in passage-rank order, each cited. What a laptop gets from
   `make run` (the bundle holds only the real all-MiniLM-L6-v2 encoder). The bundle caches every
   passage's sentence vectors (support_assistant.runtime.embeddings), so a request embeds only its
-  question; sentences the cache does not hold are embedded as before.
+  question, and not even that when the reranker handed its vector on from the same graph
+  (schema.QuestionVector); sentences the cache does not hold are embedded as before.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from support_assistant.runtime.embeddings import CachedVectors
-from support_assistant.schema import Answer, GenerationRequest, RankedPassage
+from support_assistant.schema import Answer, GenerationRequest, QuestionVector, RankedPassage
 from support_assistant.stages.reranker import Scorer
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(])")
@@ -77,16 +78,25 @@ class ExtractiveGenerator:
 
     def answer_many(self, requests: Sequence[GenerationRequest]) -> list[Answer]:
         if self.vectors is None:
-            return [self.answer(r) for r in requests]
-        # Every question of the batch in one encoder run.
-        questions = self.scorer.embed([r.question for r in requests])  # type: ignore[attr-defined]
+            return [self._answer(r, None) for r in requests]
+        questions: list[np.ndarray | None] = [self._usable(r.question_vector) for r in requests]
+        missing = [i for i, q in enumerate(questions) if q is None]
+        if missing:
+            # The questions that came without a usable vector, in one encoder run.
+            embedded = self.scorer.embed([requests[i].question for i in missing])  # type: ignore[attr-defined]
+            for i, vector in zip(missing, embedded, strict=True):
+                questions[i] = vector
         return [self._answer(r, question) for r, question in zip(requests, questions, strict=True)]
 
     def answer(self, request: GenerationRequest) -> Answer:
-        question = None
-        if self.vectors is not None:
-            question = self.scorer.embed([request.question])[0]  # type: ignore[attr-defined]
-        return self._answer(request, question)
+        return self.answer_many([request])[0]
+
+    def _usable(self, vector: QuestionVector | None) -> np.ndarray | None:
+        """The handed-on question vector, if it comes from the graph this cache was computed with."""
+        if vector is None or self.vectors is None or vector.encoder != self.vectors.model_sha256:
+            return None
+        values = np.asarray(vector.values, dtype=np.float32)
+        return values if values.shape == (self.vectors.dim,) else None
 
     def _sentence_scores(self, request: GenerationRequest, split: list[list[str]],
                          question: np.ndarray | None) -> np.ndarray:

@@ -6,6 +6,7 @@ call so the Serve layer can batch them (@serve.batch) into fewer, larger model r
 
 With a bi-encoder and the bundle's cached passage vectors (support_assistant.runtime.embeddings),
 only the questions are embedded per request; a passage the cache does not hold is embedded as before.
+The question's vector goes on with the result (schema.QuestionVector), for the extractive generator.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from support_assistant.runtime.embeddings import CachedVectors
-from support_assistant.schema import Passage, RankedPassage, Reranked, RerankRequest
+from support_assistant.schema import Passage, QuestionVector, RankedPassage, Reranked, RerankRequest
 
 
 class Scorer(Protocol):
@@ -52,15 +53,19 @@ class RerankStage:
 
     def rerank_many(self, requests: Sequence[RerankRequest]) -> list[Reranked]:
         """Rerank several requests with as few model runs as the scorer allows."""
-        all_scores = self._score_all(requests)
+        all_scores, questions = self._score_all(requests)
         results = []
-        for request, scores in zip(requests, all_scores, strict=True):
+        for i, (request, scores) in enumerate(zip(requests, all_scores, strict=True)):
             order = np.argsort(-scores, kind="stable")[: request.top_k]
-            ranked = [RankedPassage.of(request.passages[i], float(scores[i])) for i in order]
-            results.append(Reranked(passages=ranked, provider=self.provider))
+            ranked = [RankedPassage.of(request.passages[j], float(scores[j])) for j in order]
+            vector = None
+            if questions is not None and self.vectors is not None:
+                vector = QuestionVector(self.vectors.model_sha256, tuple(float(x) for x in questions[i]))
+            results.append(Reranked(passages=ranked, provider=self.provider, question_vector=vector))
         return results
 
-    def _score_all(self, requests: Sequence[RerankRequest]) -> list[np.ndarray]:
+    def _score_all(self, requests: Sequence[RerankRequest]) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Every request's passage scores, and the question vectors when a bi-encoder computed them."""
         scorer = self.scorer
         if hasattr(scorer, "embed"):
             return self._score_bi_encoder(requests)
@@ -72,10 +77,10 @@ class RerankStage:
             for request in requests:
                 out.append(flat[start: start + len(request.passages)])
                 start += len(request.passages)
-            return out
-        return [np.asarray(scorer.score(r.query, [passage_text(p) for p in r.passages])) for r in requests]
+            return out, None
+        return [np.asarray(scorer.score(r.query, [passage_text(p) for p in r.passages])) for r in requests], None
 
-    def _score_bi_encoder(self, requests: Sequence[RerankRequest]) -> list[np.ndarray]:
+    def _score_bi_encoder(self, requests: Sequence[RerankRequest]) -> tuple[list[np.ndarray], np.ndarray]:
         """One forward pass over every query of the batch and every passage the cache lacks."""
         cached = [None if self.vectors is None
                   else self.vectors.passage_vectors([p.id for p in r.passages], [passage_text(p) for p in r.passages])
@@ -90,4 +95,4 @@ class RerankStage:
                 block = fresh[start: start + len(request.passages)]
                 start += len(request.passages)
             out.append(block @ queries[i] if len(block) else np.zeros(0, dtype=np.float32))
-        return out
+        return out, queries
