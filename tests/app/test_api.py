@@ -7,7 +7,8 @@ from support_assistant.errors import InvalidInput, StageError
 
 TIMEOUTS = {"normalizer": 1, "retriever": 1, "reranker": 1, "generator": 1}
 LIMITS = IngressConfig(max_body_bytes=1000, max_question_chars=50, top_k_min=1, top_k_max=5, default_top_k=3,
-                       max_in_flight=8, body_read_timeout_s=1, retry_after_s=1, stage_timeouts_s=TIMEOUTS)
+                       max_in_flight=8, body_read_timeout_s=1, retry_after_s=1, stage_timeouts_s=TIMEOUTS,
+                       normalizer={"max_chars": 50})
 
 
 def test_valid_request_with_default_top_k():

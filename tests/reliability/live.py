@@ -16,8 +16,8 @@ from typing import Any
 from repoctl.local_run import deploy, local_serve_config
 
 APP = "support-assistant"
-STAGE_DEPLOYMENTS = {"normalizer": "Normalizer", "retriever": "Retriever", "reranker": "Reranker",
-                     "generator": "Generator"}
+# The stages that run in replicas of their own (the normalizer runs inside the ingress).
+STAGE_DEPLOYMENTS = {"retriever": "Retriever", "reranker": "Reranker", "generator": "Generator"}
 
 
 def dev_config(local_ray: Any, bundle_dir: Path | None = None) -> dict:

@@ -40,7 +40,7 @@ def test_downstream_queues_hold_what_the_ingress_admits(serve_config):
     env, config = serve_config
     admitted = PipelineConfig.from_serve_config(config).ingress.max_in_flight
     deployments = _deployments(config)
-    for name in ("Normalizer", "Retriever", *MODEL_STAGES):
+    for name in ("Retriever", *MODEL_STAGES):
         d = deployments[name]
         assert admitted <= d["max_ongoing_requests"] + d["max_queued_requests"], (env, name)
     # Serve's own limit at the ingress sits above the gate, so the gate (JSON, names the stage)

@@ -71,8 +71,8 @@ def test_an_image_reference_is_recorded_in_dev_with_its_digest(repo: Repo) -> No
         [line for line in before.splitlines() if keys(line) != "newTag"]
     # The rendered diff of the target is printed.
     assert "--- overlays/dev (rendered, before)" in out
-    assert f"+          - image: {ref('0.2.0', 'a')}" in out
-    assert f"-          - image: {IMAGE}:0.1.0-ray2.60.0" in out
+    assert f"+            image: {ref('0.2.0', 'a')}" in out
+    assert f"-            image: {IMAGE}:0.1.0-ray2.60.0" in out
 
 
 def test_dev_to_staging_to_prod_moves_the_same_digest_and_touches_only_the_target(repo: Repo) -> None:

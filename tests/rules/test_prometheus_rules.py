@@ -238,7 +238,7 @@ def test_prod_is_stricter_than_dev_where_the_overlays_patch_it(rendered: dict[st
         "ServeLatencyP99High.for",
         *(
             f"deployment:ray_serve_deployment_latency_slo_ms:p99{{deployment={d}}}"
-            for d in ("Ingress", "Normalizer", "Retriever", "Reranker", "Generator")
+            for d in ("Ingress", "Retriever", "Reranker", "Generator")
         ),
         *(
             f"support_assistant:threshold:{t}"

@@ -3,7 +3,7 @@
 Serve's own limits stay in place (each deployment's max_ongoing_requests and max_queued_requests,
 whose refusals the ingress answers as 503 `stage_unavailable` naming the stage), but they act
 where a request is already inside the pipeline: a request refused by the Generator's queue has
-already cost a normalizer, retriever and reranker call, and on a small machine those wasted calls
+already cost a retriever and a reranker call, and on a small machine those wasted calls
 eat the capacity the admitted requests need. This gate refuses before any stage runs, as cheaply
 as the ingress can answer, with a JSON 503 that names the stage most requests are waiting on and
 a Retry-After. Its limit (Ingress user_config max_in_flight) is Little's law: measured throughput

@@ -14,7 +14,6 @@ from ray.serve import Application
 from support_assistant.config import AppArgs, parse
 from support_assistant.serving.deployments import (
     GeneratorDeployment,
-    NormalizerDeployment,
     RerankerDeployment,
     RetrieverDeployment,
 )
@@ -25,7 +24,6 @@ def build_app(args: dict[str, Any]) -> Application:
     app_args = parse(AppArgs, args, "serveConfigV2 applications[].args")
     bundle_dir = app_args.bundle_dir
     return Ingress.bind(
-        NormalizerDeployment.bind(),
         RetrieverDeployment.bind(bundle_dir),
         RerankerDeployment.bind(bundle_dir),
         GeneratorDeployment.bind(bundle_dir),

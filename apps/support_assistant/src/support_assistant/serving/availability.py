@@ -28,8 +28,7 @@ from ray import serve
 logger = logging.getLogger("ray.serve")
 
 # serveConfigV2 deployment name -> the stage it runs.
-STAGE_OF = {"Ingress": "ingress", "Normalizer": "normalizer", "Retriever": "retriever", "Reranker": "reranker",
-            "Generator": "generator"}
+STAGE_OF = {"Ingress": "ingress", "Retriever": "retriever", "Reranker": "reranker", "Generator": "generator"}
 # A deployment in one of these states still has replicas serving (a rollout or a scale step).
 _SERVING_STATES = {"HEALTHY", "UPDATING", "UPSCALING", "DOWNSCALING"}
 

@@ -22,21 +22,19 @@ import ray
 from ray import serve
 
 from support_assistant.assemble import configure_generator, load_generator, load_reranker_stage, load_retriever
-from support_assistant.config import GeneratorConfig, NormalizerConfig, RerankerConfig, RetrieverConfig, parse
+from support_assistant.config import GeneratorConfig, RerankerConfig, RetrieverConfig, parse
 from support_assistant.errors import BudgetExpired
 from support_assistant.runtime.bundle import load_bundle
 from support_assistant.runtime.session import CUDA
 from support_assistant.schema import (
     Answer,
     GenerationRequest,
-    NormalizedQuestion,
     Passage,
     RankedPassage,
     Reranked,
     RerankRequest,
 )
 from support_assistant.serving.telemetry import StageMetrics
-from support_assistant.stages.normalizer import Normalizer
 
 logger = logging.getLogger("ray.serve")
 
@@ -135,24 +133,6 @@ def yield_cpu_to_the_front(niceness: int = MODEL_REPLICA_NICENESS) -> None:
     for tid in (int(t.name) for t in tasks.iterdir()):
         with suppress(ProcessLookupError):  # the thread ended meanwhile
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness))
-
-
-@serve.deployment(name="Normalizer")
-class NormalizerDeployment:
-    def __init__(self) -> None:
-        self.metrics = StageMetrics("normalizer")
-        self.stage: Normalizer | None = None
-
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        config = parse(NormalizerConfig, user_config, "Normalizer.user_config")
-        self.stage = Normalizer(max_chars=config.max_chars)
-
-    async def __call__(self, question: str, deadline_s: float | None = None) -> NormalizedQuestion:
-        if self.stage is None:
-            raise RuntimeError("Normalizer: no user_config in serveConfigV2")
-        _refuse_if_expired("normalizer", deadline_s)
-        with self.metrics.timed():
-            return self.stage.normalize(question)
 
 
 @serve.deployment(name="Retriever")

@@ -43,9 +43,11 @@ from support_assistant.config import IngressConfig, parse
 from support_assistant.errors import InvalidInput, StageError, StageUnavailable
 from support_assistant.pipeline import Stages, answer, stage_deadline
 from support_assistant.runtime.bundle import load_bundle
+from support_assistant.schema import NormalizedQuestion
 from support_assistant.serving.admission import Admission
 from support_assistant.serving.availability import StageAvailability
 from support_assistant.serving.telemetry import IngressMetrics
+from support_assistant.stages.normalizer import Normalizer
 
 APP_NAME = "support-assistant"
 logger = logging.getLogger("ray.serve")
@@ -53,8 +55,8 @@ logger = logging.getLogger("ray.serve")
 api = FastAPI(
     title="Support assistant",
     version=__version__,
-    description="Answers operator questions from the runbooks: normalizer -> BM25 retriever -> ONNX "
-                "reranker -> ONNX generator, each a Ray Serve deployment.",
+    description="Answers operator questions from the runbooks: normalizer (in the ingress) -> BM25 retriever "
+                "-> ONNX reranker -> ONNX generator, each a Ray Serve deployment.",
 )
 
 
@@ -154,7 +156,7 @@ _ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 405, 408, 4
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, normalizer: Any, retriever: Any, reranker: Any, generator: Any, bundle_dir: str) -> None:
+    def __init__(self, retriever: Any, reranker: Any, generator: Any, bundle_dir: str) -> None:
         # Only the manifest's metadata is needed here; the replicas that load the models hash-verify
         # the bundle, so the ingress does not read every model byte again at start.
         bundle = load_bundle(bundle_dir, verify=False)
@@ -167,16 +169,23 @@ class Ingress:
         # is gone (a replica restarts in seconds), cheap for the controller.
         self.availability = StageAvailability(serve.get_replica_context().app_name, refresh_s=1.0)
         self.stages = Stages(
-            normalize=_stage_call("normalizer", normalizer, self.availability),
+            # In this process: the normalizer's work is far cheaper than a call to another replica.
+            normalize=self._normalize,
             retrieve=_stage_call("retriever", retriever, self.availability),
             rerank=_stage_call("reranker", reranker, self.availability),
             generate=_stage_call("generator", generator, self.availability),
         )
         self.config: IngressConfig | None = None
+        self.normalizer: Normalizer | None = None
         self.admission = Admission()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.config = parse(IngressConfig, user_config, "Ingress.user_config")
+        self.normalizer = Normalizer(max_chars=self.config.normalizer.max_chars)
+
+    async def _normalize(self, question: str) -> NormalizedQuestion:
+        assert self.normalizer is not None  # answer() refuses to run before reconfigure
+        return self.normalizer.normalize(question)
 
     @api.get("/healthz", summary="Liveness and what is deployed")
     async def healthz(self) -> dict[str, Any]:
