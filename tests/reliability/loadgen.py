@@ -46,6 +46,7 @@ class Outcome:
     code: str | None = None  # error.code of a JSON error body
     stage: str | None = None
     error: str | None = None  # connection_error | client_timeout | not_json
+    sent_at: float = 0.0  # seconds from the start of the run to sending the request
 
 
 @dataclass
@@ -123,10 +124,13 @@ async def run_load(base_url: str, total: int, concurrency: int, *, timeout_s: fl
     picks = itertools.cycle(questions)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     jitter = random.Random(seed)
+    started = time.perf_counter()
 
     async def client(session: aiohttp.ClientSession) -> None:
         for _ in tickets:
+            sent_at = time.perf_counter() - started
             outcome = await _one(session, url, next(picks), timeout_s)
+            outcome.sent_at = sent_at
             report.outcomes.append(outcome)
             if outcome.status in (429, 503):
                 try:
@@ -136,7 +140,6 @@ async def run_load(base_url: str, total: int, concurrency: int, *, timeout_s: fl
                 wait = min(wait, max_wait_s)
                 await asyncio.sleep(wait + jitter.uniform(0, wait))
 
-    started = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     report.seconds = time.perf_counter() - started
