@@ -25,7 +25,6 @@ from repoctl.local_run import deploy, local_serve_config, logical_cpus_needed, s
 from repoctl.paths import ROOT
 from repoctl.render import ray_serve_env_of, render_overlay, serve_config_of
 
-
 FIRST_WAVE_S = 0.1
 
 
