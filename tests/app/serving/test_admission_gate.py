@@ -35,3 +35,39 @@ def test_the_pre_body_check_holds_no_place():
             gate.refuse_if_full(1, 1)
         assert refused.value.stage == "ingress"  # nothing is waiting on any stage yet
     assert gate.in_flight == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_beyond_the_limit_is_refused_before_reading_its_body():
+    clock = Clock()
+    gate = Admission(clock=clock)
+    with gate.reading(2, 1), gate.reading(2, 1):
+        # Two requests are reading their bodies: a third is refused before it reads its own.
+        with pytest.raises(StageError) as refused, gate.reading(2, 1):
+            pass
+        assert refused.value.status == 503 and refused.value.retry_after_s == 1
+        # Readers hold no place in the pipeline: admission itself still counts only what runs.
+        with gate.admit(2, 1):
+            assert gate.in_flight == 1
+    assert gate.fresh_readers() == 0
+
+
+def test_a_slow_upload_stops_counting_against_the_others():
+    from support_assistant.serving.admission import FRESH_READER_S
+
+    clock = Clock()
+    gate = Admission(clock=clock)
+    with gate.reading(1, 1):
+        with pytest.raises(StageError):
+            gate.refuse_if_full(1, 1, count_readers=True)
+        clock.now += FRESH_READER_S + 0.01  # still reading, a second later
+        gate.refuse_if_full(1, 1, count_readers=True)  # no longer keeps the gate shut
+        with gate.reading(1, 1):
+            assert gate.fresh_readers() == 1

@@ -224,8 +224,8 @@ class Ingress:
         self.availability.start()
         try:
             check_content_type(request.headers.get("content-type"))
-            self.admission.refuse_if_full(config.max_in_flight, config.retry_after_s)
-            body = await self._read_body(request, config.max_body_bytes, config.body_read_timeout_s)
+            with self.admission.reading(config.max_in_flight, config.retry_after_s):
+                body = await self._read_body(request, config.max_body_bytes, config.body_read_timeout_s)
             parsed = parse_answer_request(body, config)
             with self.admission.admit(config.max_in_flight, config.retry_after_s) as waiting_on:
                 result = await answer(parsed, self.stages, config.stage_timeouts_s.as_dict(), waiting_on)
