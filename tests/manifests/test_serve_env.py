@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import pytest
 from repoctl.paths import ENVIRONMENTS
-from repoctl.render import find, ray_serve_env_of
-
-
-def ray_containers(docs: list[dict]) -> dict[str, dict]:
-    cluster = find(docs, "RayService")["spec"]["rayClusterConfig"]
-    groups = {"head": cluster["headGroupSpec"]}
-    groups.update({g["groupName"]: g for g in cluster["workerGroupSpecs"]})
-    return {name: group["template"]["spec"]["containers"][0] for name, group in groups.items()}
+from repoctl.render import find, ray_containers, ray_serve_env_of, serve_env_of_container
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_every_ray_container_sets_the_same_serve_settings(rendered, env):
     wanted = ray_serve_env_of(rendered[env])
     assert wanted, "the RayService sets no RAY_SERVE_* variable"
-    for name, container in ray_containers(rendered[env]).items():
-        serve_env = {e["name"]: e.get("value") for e in container.get("env", []) if e["name"].startswith("RAY_SERVE_")}
-        assert serve_env == wanted, f"{env}: {name} group's Serve settings differ from the head's"
+    containers = ray_containers(find(rendered[env], "RayService"))
+    assert len(containers) >= 3  # head + the cpu and gpu worker groups
+    for group, container in containers:
+        assert serve_env_of_container(container) == wanted, f"{env}: {group} group's Serve settings differ"
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)

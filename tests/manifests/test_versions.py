@@ -9,13 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from repoctl.paths import ENVIRONMENTS, versions
-from repoctl.render import find, kustomize_build, load_documents
-
-
-def _ray_containers(rayservice: dict) -> list[dict]:
-    cluster = rayservice["spec"]["rayClusterConfig"]
-    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
-    return [c for t in templates for c in t["spec"].get("containers", [])]
+from repoctl.render import find, kustomize_build, load_documents, ray_containers
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -23,7 +17,7 @@ def test_ray_version_agrees_in_the_overlay(rendered: dict[str, list[dict]], env:
     ray = versions()["RAY_VERSION"]
     rayservice = find(rendered[env], "RayService")
     assert rayservice["spec"]["rayClusterConfig"]["rayVersion"] == ray
-    containers = _ray_containers(rayservice)
+    containers = [c for _, c in ray_containers(rayservice)]
     assert len(containers) >= 3  # head + the cpu and gpu worker groups
     for container in containers:
         tag = container["image"].split("@")[0].rsplit(":", 1)[-1]

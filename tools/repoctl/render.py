@@ -65,12 +65,24 @@ def serve_config_of(docs: list[dict]) -> dict:
     return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
 
 
+def ray_containers(rayservice: dict) -> list[tuple[str, dict]]:
+    """(group, container) for every container of the RayService's Ray pods, the head ("head") first."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    groups = [("head", cluster["headGroupSpec"]), *((g["groupName"], g) for g in cluster.get("workerGroupSpecs", []))]
+    return [(name, c) for name, group in groups for c in group["template"]["spec"].get("containers", [])]
+
+
+def serve_env_of_container(container: dict) -> dict[str, str]:
+    """A container's RAY_SERVE_* variables: Serve's data-plane settings, read by every Serve process
+    at import."""
+    return {e["name"]: e.get("value") for e in container.get("env", []) if e["name"].startswith("RAY_SERVE_")}
+
+
 def ray_serve_env_of(docs: list[dict]) -> dict[str, str]:
-    """The RAY_SERVE_* variables the RayService sets on its Ray containers (Serve's data-plane
-    settings, read by every Serve process at import). The same on every container: a test checks it."""
-    cluster = find(docs, "RayService")["spec"]["rayClusterConfig"]
-    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in head.get("env", []) if e["name"].startswith("RAY_SERVE_")}
+    """The RAY_SERVE_* variables the RayService sets on its Ray containers, read from the head's.
+    The same on every container: a test checks it."""
+    _, head = ray_containers(find(docs, "RayService"))[0]
+    return serve_env_of_container(head)
 
 
 # --- targets --------------------------------------------------------------------------------------------
