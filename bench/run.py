@@ -9,7 +9,7 @@ versions, models, provider, git commit and the exact command):
   pipeline   end to end over HTTP at concurrency 1/8/32/64: Serve (dev overlay, as `make run`) vs a
              single-process Starlette/uvicorn baseline running the same stage classes; Serve without
              the bundle's vector cache at 1/32
-  dataplane  Serve's default proxy vs HAProxy ingress vs RAY_SERVE_THROUGHPUT_OPTIMIZED, at 1/32
+  dataplane  the overlays' Serve settings vs Ray's defaults, HAProxy ingress and direct ingress, at 1/32
              (admission limits opened to 64 so that every client is served)
   batching   the Reranker deployment alone at 32 clients: its @serve.batch vs max_batch_size=1
   reranker   encoder pairs/s vs batch and sequence length, fp32 vs int8 (dynamic quantization),
@@ -226,7 +226,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     config = pipeline_config(args.env)
     bundle = load_bundle(args.bundle)
     labelled = load_questions()
-    normalizer, retriever = Normalizer(config.normalizer.max_chars), Retriever(bundle.index_dir)
+    normalizer, retriever = Normalizer(config.ingress.normalizer.max_chars), Retriever(bundle.index_dir)
     normalized = [normalizer.normalize(q) for q, _ in labelled]
     shortlist = [retriever.search(n.search_text, config.retriever.candidates) for n in normalized]
     encoder = BiEncoder(bundle.reranker_dir)

@@ -88,7 +88,7 @@ def build_stages(bundle_dir: str | Path, config: PipelineConfig, *, verify: bool
     return PipelineStages(
         bundle=bundle,
         config=config,
-        normalizer=Normalizer(max_chars=config.normalizer.max_chars),
+        normalizer=Normalizer(max_chars=config.ingress.normalizer.max_chars),
         retriever=load_retriever(bundle),
         reranker=load_reranker_stage(bundle, vectors),
         generator=load_generator(bundle, config.generator, vectors),

@@ -167,7 +167,3 @@ class PipelineConfig(_Strict):
         if missing:
             raise ConfigError(f"serveConfigV2 application {app!r}: no deployment {', '.join(missing)}")
         return cls(**{name.lower(): parse_user_config(name, deployments[name]) for name in USER_CONFIGS})
-
-    @property
-    def normalizer(self) -> NormalizerConfig:
-        return self.ingress.normalizer
