@@ -12,7 +12,12 @@ measured at about 9 s after a SIGKILL on the dev config), but Ray's GCS drops th
 name as soon as the raylet reports the process gone, so the refresher also watches the replica
 actors' names: one that disappears marks its stage as gone until the stage answers again (a
 rollout that replaces replicas is marked the same way, which only turns its timeouts into 503s).
-/readyz reports the controller's snapshot.
+A stage with no replica actor at all has nothing running either.
+
+The background refresher asks only the GCS for the actor names (about 0.2 ms). Serve's own view,
+serve.status(), costs about 20 ms of CPU in the caller, most of it Python holding the GIL, so it
+stalls this replica's event loop while it runs; asked once a second, it delayed every request
+that arrived meanwhile. Only /readyz asks for it.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class StageAvailability:
         self._died: dict[str, float] = {}
         self._answered: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
-        self._replicas: dict[str, str] = {}  # replica actor name -> stage
+        self._replicas: dict[str, str] | None = None  # replica actor name -> stage; None until watched
 
     async def watch_replicas(self) -> None:
         """Marks a stage gone when one of its replica actors disappears from the GCS."""
@@ -52,12 +57,13 @@ class StageAvailability:
             name = actor["name"] if isinstance(actor, dict) else actor
             if name.startswith(prefix):
                 now[name] = STAGE_OF.get(name[len(prefix):].split("#")[0], "")
-        for name, stage in self._replicas.items():
+        for name, stage in (self._replicas or {}).items():
             if name not in now:
                 self.died(stage)
         self._replicas = now
 
     async def refresh(self) -> dict[str, dict[str, Any]]:
+        """Serve's view of every stage, asked afresh (for /readyz: see the module docstring)."""
         # serve.status() is a blocking call to the Serve controller, hence the thread.
         status = await asyncio.to_thread(serve.status)
         app = status.applications.get(self.app_name)
@@ -73,16 +79,15 @@ class StageAvailability:
         return self.stages
 
     def start(self) -> None:
-        """Keeps the snapshot fresh (called from a request, where an event loop runs)."""
+        """Keeps watching the replica names (called from a request, where an event loop runs)."""
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+            self._task = asyncio.get_running_loop().create_task(self._watch_forever())
 
-    async def _refresh_forever(self) -> None:
+    async def _watch_forever(self) -> None:
         while True:
             try:
                 await self.watch_replicas()
-                await self.refresh()
-            except Exception as exc:  # the controller or GCS restarting; keep the last snapshot
+            except Exception as exc:  # the GCS restarting; keep the last names
                 logger.warning("stage availability: refresh failed: %s", exc)
             await asyncio.sleep(self.refresh_s)
 
@@ -97,8 +102,7 @@ class StageAvailability:
         self._answered[stage] = time.monotonic()
 
     def coming_back(self, stage: str) -> bool:
-        """The stage has no running replica, or one of its replicas died and it has not answered since."""
+        """One of the stage's replicas died and it has not answered since, or it has no replica."""
         if self._died.get(stage, float("-inf")) > self._answered.get(stage, float("-inf")):
             return True
-        state = self.stages.get(stage)
-        return state is not None and state["running_replicas"] == 0
+        return self._replicas is not None and stage not in self._replicas.values()

@@ -165,8 +165,8 @@ class Ingress:
             "bundle_version": bundle.bundle_version,
             "models": bundle.models_info(),
         }
-        # Refreshed every second: fresh enough to tell a timed-out request whether its stage
-        # is gone (a replica restarts in seconds), cheap for the controller.
+        # Replica names watched every second: fresh enough to tell a timed-out request whether
+        # its stage is gone (a replica restarts in seconds), and one cheap call to the GCS.
         self.availability = StageAvailability(serve.get_replica_context().app_name, refresh_s=1.0)
         self.stages = Stages(
             # In this process: the normalizer's work is far cheaper than a call to another replica.
