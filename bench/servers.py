@@ -111,17 +111,16 @@ def _stop_on_sigterm() -> None:
 
 def run_serve(port: int, bundle: Path, env: str, overrides: dict[str, Any]) -> int:
     """Child: deploy the overlay on a local Ray exactly as `make run` does, then wait for SIGTERM."""
-    from repoctl.local_run import deploy, local_serve_config, logical_cpus_needed, start_ray
-    from repoctl.render import ray_serve_env_of, render_overlay, serve_config_of
+    from repoctl.local_run import deploy, local_overlay, logical_cpus_needed, start_ray
 
-    docs = render_overlay(env)
-    config = apply_overrides(local_serve_config(serve_config_of(docs), bundle, port), overrides)
+    overlay = local_overlay(env, bundle, port)
+    config = apply_overrides(overlay.config, overrides)
     _stop_on_sigterm()
     import ray
     from ray import serve
 
     try:
-        start_ray(logical_cpus_needed(config), serve_env=ray_serve_env_of(docs))
+        start_ray(logical_cpus_needed(config), serve_env=overlay.serve_env)
         deploy(config)
         print("ready", flush=True)
         while True:
@@ -201,23 +200,21 @@ def run_batching(bundle: Path, env: str, clients: int, warmup_s: float, seconds:
     import ray
     from common import latency_summary
     from ray import serve
-    from repoctl.local_run import local_serve_config, start_ray
-    from repoctl.render import ray_serve_env_of, render_overlay, serve_config_of
+    from repoctl.local_run import local_overlay, start_ray
     from support_assistant.runtime.bundle import load_bundle
     from support_assistant.schema import RerankRequest
     from support_assistant.serving.deployments import RerankerDeployment
     from support_assistant.stages.retriever import Retriever
 
-    docs = render_overlay(env)
-    config = local_serve_config(serve_config_of(docs), bundle)
-    options = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Reranker")
+    overlay = local_overlay(env, bundle)
+    options = next(d for d in overlay.config["applications"][0]["deployments"] if d["name"] == "Reranker")
     retriever = Retriever(load_bundle(bundle, verify=False).index_dir)
     candidates = pipeline_config(env).retriever.candidates
     from questions import load_questions
 
     requests = [RerankRequest(q, retriever.search(q.lower(), candidates), 3) for q, _ in load_questions()]
     requests = [r for r in requests if r.passages]
-    start_ray(4, serve_env=ray_serve_env_of(docs))
+    start_ray(4, serve_env=overlay.serve_env)
     try:
         configured = options["user_config"]
         # The configured batching, the same batch size without waiting for a batch to fill (requests

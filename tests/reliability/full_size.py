@@ -21,9 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import percentile, run_load
-from repoctl.local_run import deploy, local_serve_config, logical_cpus_needed, start_ray
+from repoctl.local_run import deploy, local_overlay, logical_cpus_needed, start_ray
 from repoctl.paths import ROOT
-from repoctl.render import ray_serve_env_of, render_overlay, serve_config_of
 
 FIRST_WAVE_S = 0.1
 
@@ -39,15 +38,14 @@ def main() -> int:
     args = parser.parse_args()
     if not (args.bundle / "manifest.json").is_file():
         raise SystemExit(f"{args.bundle}: no model bundle; build it with `make bundle`")
-    docs = render_overlay("dev")
-    config = local_serve_config(serve_config_of(docs), args.bundle, args.port)
+    overlay = local_overlay("dev", args.bundle, args.port)
     import ray
     from ray import serve
 
-    start_ray(logical_cpus_needed(config), token_file=Path(tempfile.mkdtemp()) / "auth_token",
-              serve_env=ray_serve_env_of(docs))
+    start_ray(logical_cpus_needed(overlay.config), token_file=Path(tempfile.mkdtemp()) / "auth_token",
+              serve_env=overlay.serve_env)
     try:
-        deploy(config)
+        deploy(overlay.config)
         url = f"http://127.0.0.1:{args.port}"
         print(f"{os.cpu_count()} CPUs; dev overlay serveConfigV2 on a local Ray", flush=True)
         asyncio.run(run_load(url, 32, 4))  # warm-up, not reported

@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,21 @@ def local_serve_config(config: dict, bundle_dir: Path, port: int = 8000) -> dict
                 # ONNX Runtime falls back to its CPU provider when no GPU is visible.
                 options.setdefault("num_cpus", 1)
     return local
+
+
+@dataclass(frozen=True)
+class LocalOverlay:
+    """An overlay as a local Ray runs it: its serveConfigV2 made local (local_serve_config), and the
+    RAY_SERVE_* settings its Ray containers set, which must be in place before Ray starts."""
+
+    config: dict
+    serve_env: dict[str, str]
+
+
+def local_overlay(env: str, bundle_dir: Path, port: int = 8000) -> LocalOverlay:
+    """`kustomize build overlays/<env>` read as `make run` deploys it (raises RenderError)."""
+    docs = render_overlay(env)
+    return LocalOverlay(local_serve_config(serve_config_of(docs), bundle_dir, port), ray_serve_env_of(docs))
 
 
 def logical_cpus_needed(config: dict) -> int:
@@ -165,8 +181,7 @@ def run(args: argparse.Namespace) -> int:
     if not _port_free(args.port):
         raise SystemExit(f"port {args.port} on 127.0.0.1 is in use: stop what runs there or pass --port")
     try:
-        docs = render_overlay(args.env)
-        config = local_serve_config(serve_config_of(docs), args.bundle, args.port)
+        overlay = local_overlay(args.env, args.bundle, args.port)
     except RenderError as exc:
         raise SystemExit(str(exc)) from None
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -176,8 +191,8 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     try:
-        start_ray(logical_cpus_needed(config), serve_env=ray_serve_env_of(docs))
-        deploy(config)
+        start_ray(logical_cpus_needed(overlay.config), serve_env=overlay.serve_env)
+        deploy(overlay.config)
         url = f"http://127.0.0.1:{args.port}"
         print(
             f"\nsupport-assistant is up at {url}  (Ctrl-C to stop)\n\n"
