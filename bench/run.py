@@ -44,6 +44,9 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
     # The batch waits before they went to 2 ms (a lone request waited 10 + 20 ms for company).
     "batch waits 10/20 ms (previous)": {"Reranker": {"user_config": {"batch_wait_timeout_s": 0.01}},
                                         "Generator": {"user_config": {"batch_wait_timeout_s": 0.02}}},
+    # No wait at all: a batch is whatever has queued when its first request arrives.
+    "batch waits 0": {"Reranker": {"user_config": {"batch_wait_timeout_s": 0.0}},
+                      "Generator": {"user_config": {"batch_wait_timeout_s": 0.0}}},
     # What the admission limits cost at 32-64 clients: the same config with room for every client.
     "admission for 64": {"Ingress": {"user_config": {"max_in_flight": 64}},
                          "Reranker": {"max_queued_requests": 64}, "Generator": {"max_queued_requests": 64}},
