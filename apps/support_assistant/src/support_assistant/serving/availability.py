@@ -17,7 +17,8 @@ A stage with no replica actor at all has nothing running either.
 The background refresher asks only the GCS for the actor names (about 0.2 ms). Serve's own view,
 serve.status(), costs about 20 ms of CPU in the caller, most of it Python holding the GIL, so it
 stalls this replica's event loop while it runs; asked once a second, it delayed every request
-that arrived meanwhile. Only /readyz asks for it.
+that arrived meanwhile. Only /readyz asks for it, at most once per refresh period however many
+callers ask.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class StageAvailability:
         self._died: dict[str, float] = {}
         self._answered: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._status: asyncio.Future[dict[str, dict[str, Any]]] | None = None
+        self._status_asked_at = float("-inf")
         self._replicas: dict[str, str] | None = None  # replica actor name -> stage; None until watched
 
     async def watch_replicas(self) -> None:
@@ -63,7 +66,18 @@ class StageAvailability:
         self._replicas = now
 
     async def refresh(self) -> dict[str, dict[str, Any]]:
-        """Serve's view of every stage, asked afresh (for /readyz: see the module docstring)."""
+        """Serve's view of every stage (for /readyz: see the module docstring), asked at most once
+        per refresh_s: callers in the meantime, or while it is being asked, share that answer, so a
+        flood of /readyz costs the controller and this replica one serve.status() per refresh_s."""
+        asked = self._status
+        stale = time.monotonic() - self._status_asked_at >= self.refresh_s
+        if asked is None or (asked.done() and (stale or asked.cancelled() or asked.exception() is not None)):
+            self._status_asked_at = time.monotonic()
+            self._status = asked = asyncio.ensure_future(self._ask_controller())
+        # Shielded: a caller that gives up (its client went away) does not cancel the others' answer.
+        return await asyncio.shield(asked)
+
+    async def _ask_controller(self) -> dict[str, dict[str, Any]]:
         # serve.status() is a blocking call to the Serve controller, hence the thread.
         status = await asyncio.to_thread(serve.status)
         app = status.applications.get(self.app_name)
