@@ -110,11 +110,15 @@ def dataplane(args: argparse.Namespace) -> dict[str, Any]:
 
 def batching(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
+    stage_rows: list[dict[str, Any]] = []
     for label, bundle in (("vector cache (question only)", args.bundle),):
         command = [sys.executable, str(ROOT / "bench" / "run.py"), "_batching", "--bundle", str(bundle),
                    "--env", args.env, "--warmup", str(args.warmup), "--seconds", str(args.seconds)]
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-        lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        in_process = [line for line in printed if line.get("in_process")]
+        stage_rows.extend({"bundle": label, **line} for line in in_process)
+        lines = [line for line in printed if not line.get("in_process")]
         if done.returncode != 0 or not lines:
             rows.append({"bundle": label, "failed": done.stderr.strip().splitlines()[-1:] or done.returncode})
             continue
@@ -129,7 +133,9 @@ def batching(args: argparse.Namespace) -> dict[str, Any]:
     print_table("batching: Reranker deployment alone, 32 clients", rows,
                 ["bundle", "max_batch_size", "batch_wait_timeout_s", "requests_per_s", "p50_ms", "p99_ms",
                  "over_unbatched", "failed"])
-    return {"rows": rows}
+    print_table("batching: the Reranker stage alone in one process (no Serve), the replica's threads", stage_rows,
+                ["bundle", "max_batch_size", "threads", "ms_per_request", "requests_per_s"])
+    return {"rows": rows, "stage_in_process": stage_rows}
 
 
 def reranker(args: argparse.Namespace) -> dict[str, Any]:

@@ -191,10 +191,32 @@ def nocache_bundle(bundle: Path) -> Path:
     return out
 
 
+def stage_cost(bundle: Path, requests: list[Any], batch: int, threads: int, seconds: float) -> dict[str, float]:
+    """The Reranker stage alone in this process: milliseconds per request when `batch` requests
+    share one rerank_many call."""
+    from support_assistant.assemble import load_vectors
+    from support_assistant.runtime.bundle import load_bundle
+    from support_assistant.runtime.encoder import load_reranker
+    from support_assistant.stages.reranker import RerankStage
+
+    loaded = load_bundle(bundle)
+    stage = RerankStage(load_reranker(loaded.reranker_dir, loaded.models["reranker"]["kind"], threads=threads),
+                        load_vectors(loaded))
+    stage.rerank_many(requests[:batch])  # warm-up
+    done, i, started = 0, 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        stage.rerank_many([requests[(i + k) % len(requests)] for k in range(batch)])
+        i, done = i + batch, done + batch
+    elapsed = time.perf_counter() - started
+    return {"ms_per_request": round(elapsed / done * 1000, 2), "requests_per_s": round(done / elapsed, 1)}
+
+
 def run_batching(bundle: Path, env: str, clients: int, warmup_s: float, seconds: float) -> int:
     """Child: the Reranker deployment alone (the dev config's options), driven through a Serve
     handle by `clients` concurrent callers, with the configured @serve.batch, the other wait
-    timeout, and batch size 1; prints one JSON line per setting (the first one is the configured)."""
+    timeout, and batch size 1; prints one JSON line per setting (the first one is the configured).
+    First, the stage's own cost in this process (no Serve), batch 1 against the configured batch,
+    on the replica's threads: what batching can save before any per-request Serve work."""
     import asyncio
 
     import ray
@@ -214,9 +236,13 @@ def run_batching(bundle: Path, env: str, clients: int, warmup_s: float, seconds:
 
     requests = [RerankRequest(q, retriever.search(q.lower(), candidates), 3) for q, _ in load_questions()]
     requests = [r for r in requests if r.passages]
+    configured = options["user_config"]
+    threads = max(1, int(options["ray_actor_options"]["num_cpus"]))
+    for batch in (1, configured["max_batch_size"]):
+        print(json.dumps({"in_process": True, "max_batch_size": batch, "threads": threads,
+                          **stage_cost(bundle, requests, batch, threads, min(seconds, 3.0))}), flush=True)
     start_ray(4, serve_env=overlay.serve_env)
     try:
-        configured = options["user_config"]
         # The configured batching, the same batch size without waiting for a batch to fill (requests
         # that arrive while a batch runs still form the next one), and no batching.
         settings = [(configured["max_batch_size"], configured["batch_wait_timeout_s"]),
