@@ -26,3 +26,7 @@ def test_throughput_optimized_keeps_the_proxy(rendered, env):
     assert serve_env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
     assert serve_env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "0"
     assert serve_env.get("RAY_SERVE_ENABLE_HA_PROXY", "0") == "0"
+    # Faster (docs/benchmarks.md section 3), but while a killed ingress replica is being replaced
+    # new requests get Serve's plain-text 500 instead of waiting for the replacement.
+    assert serve_env.get("RAY_SERVE_PROXY_USE_GRPC", "0") != "1"
+    assert serve_env.get("RAY_SERVE_USE_GRPC_BY_DEFAULT", "0") != "1", "turns the proxy's gRPC on too"
