@@ -45,7 +45,7 @@ class Admission:
 
         With `count_readers` (the check before the body is read) the requests that have just started
         reading their body count too: under overload most requests are refused, and on Serve reading
-        a body costs a call back to the proxy that sent it, so when a burst arrives at once the
+        a body waits for a call back to the proxy that sent it, so when a burst arrives at once the
         requests beyond the limit are refused before any of them reads its body, not after all of
         them have. A request let through still reads and parses its body before admit() holds a
         place, so a slow upload never keeps a place in the pipeline."""
