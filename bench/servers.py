@@ -195,17 +195,9 @@ def nocache_bundle(bundle: Path) -> Path:
     return out
 
 
-def stage_cost(bundle: Path, requests: list[Any], batch: int, threads: int, seconds: float) -> dict[str, float]:
-    """The Reranker stage alone in this process: milliseconds per request when `batch` requests
+def stage_cost(stage: Any, requests: list[Any], batch: int, seconds: float) -> dict[str, float]:
+    """A Reranker stage alone in this process: milliseconds per request when `batch` requests
     share one rerank_many call."""
-    from support_assistant.assemble import load_vectors
-    from support_assistant.runtime.bundle import load_bundle
-    from support_assistant.runtime.encoder import load_reranker
-    from support_assistant.stages.reranker import RerankStage
-
-    loaded = load_bundle(bundle)
-    stage = RerankStage(load_reranker(loaded.reranker_dir, loaded.models["reranker"]["kind"], threads=threads),
-                        load_vectors(loaded))
     stage.rerank_many(requests[:batch])  # warm-up
     done, i, started = 0, 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -227,6 +219,7 @@ def run_batching(bundle: Path, env: str, clients: int, warmup_s: float, seconds:
     from common import latency_summary
     from ray import serve
     from repoctl.local_run import local_overlay, start_ray
+    from support_assistant.assemble import load_reranker_stage
     from support_assistant.runtime.bundle import load_bundle
     from support_assistant.schema import RerankRequest
     from support_assistant.serving.deployments import RerankerDeployment
@@ -242,9 +235,11 @@ def run_batching(bundle: Path, env: str, clients: int, warmup_s: float, seconds:
     requests = [r for r in requests if r.passages]
     configured = options["user_config"]
     threads = max(1, int(options["ray_actor_options"]["num_cpus"]))
+    stage = load_reranker_stage(load_bundle(bundle), threads=threads)
     for batch in (1, configured["max_batch_size"]):
         print(json.dumps({"in_process": True, "max_batch_size": batch, "threads": threads,
-                          **stage_cost(bundle, requests, batch, threads, min(seconds, 3.0))}), flush=True)
+                          **stage_cost(stage, requests, batch, min(seconds, 3.0))}), flush=True)
+    del stage  # free its ONNX session before the Serve run
     start_ray(4, serve_env=overlay.serve_env)
     try:
         # The configured batching, the same batch size without waiting for a batch to fill (requests

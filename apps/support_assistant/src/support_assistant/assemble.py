@@ -44,8 +44,10 @@ def load_vectors(bundle: Bundle) -> CachedVectors | None:
         raise BundleError(str(exc)) from None
 
 
-def load_reranker_stage(bundle: Bundle, vectors: CachedVectors | None = None) -> RerankStage:
-    return RerankStage(load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"]),
+def load_reranker_stage(bundle: Bundle, vectors: CachedVectors | None = None, *,
+                        threads: int | None = None) -> RerankStage:
+    """`threads`: the session's intra-op threads (default: runtime.session.intra_op_threads)."""
+    return RerankStage(load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"], threads=threads),
                        vectors if vectors is not None else load_vectors(bundle))
 
 

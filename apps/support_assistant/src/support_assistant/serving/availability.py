@@ -102,7 +102,7 @@ class StageAvailability:
             try:
                 await self.watch_replicas()
             except Exception as exc:  # the GCS restarting; keep the last names
-                logger.warning("stage availability: refresh failed: %s", exc)
+                logger.warning("stage availability: watching the replica names failed: %s", exc)
             await asyncio.sleep(self.refresh_s)
 
     def ready(self) -> bool:
