@@ -25,6 +25,8 @@ def test_throughput_optimized_keeps_the_proxy(rendered, env):
     serve_env = ray_serve_env_of(rendered[env])
     assert serve_env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
     assert serve_env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "0"
+    # Faster too (docs/benchmarks.md section 3), but Ray 2.60's HAProxy binds its stats and exporter
+    # ports to every interface, and a killed ingress replica's requests lose their connection.
     assert serve_env.get("RAY_SERVE_ENABLE_HA_PROXY", "0") == "0"
     # Faster (docs/benchmarks.md section 3), but while a killed ingress replica is being replaced
     # new requests get Serve's plain-text 500 instead of waiting for the replacement.
