@@ -119,6 +119,27 @@ def encoder_throughput(model: Path, threads: int, batch: int, seq_len: int, flop
             "gflops": round(flops_per_seq * batch / median / 1e9, 1)}
 
 
+# ONNX Runtime session options compared on the encoder (section "session options"): graph
+# optimisation level, and whether idle intra-op threads spin (runtime/session.py turns it off).
+GRAPH_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+
+
+def encoder_latency_with(model: Path, threads: int, batch: int, seq_len: int, *, level: str, spinning: bool,
+                         min_seconds: float) -> dict[str, Any]:
+    """Median ms per batch with the project's session options except the graph level and spinning."""
+    import onnxruntime as ort
+    from support_assistant.runtime.session import session_options
+
+    opts = session_options(threads)
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    feed = _feed(session, batch, seq_len)
+    samples = time_calls(lambda: session.run(None, feed), min_seconds=min_seconds, warmup=2)
+    return {"graph_level": level, "spinning": spinning, "threads": threads, "batch": batch, "seq_len": seq_len,
+            "ms_per_batch": round(float(np.median(samples)) * 1000, 2)}
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rho (ties are measure-zero for float cosine scores)."""
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))

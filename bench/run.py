@@ -183,6 +183,12 @@ def reranker(args: argparse.Namespace) -> dict[str, Any]:
                             "seq_len": r["seq_len"],
                             "int8_over_fp32": round(r["pairs_per_s"] / base["pairs_per_s"], 2)})
     print_table("int8 / fp32 pairs per second", speedup)
+    # Session options at the shapes the local Reranker sees (one short question) and a batch of pairs.
+    options = [kernels.encoder_latency_with(fp32, 2, batch, seq_len, level=level, spinning=spinning,
+                                            min_seconds=args.seconds / 8)
+               for batch, seq_len in ((1, 16), (8, 16), (8, 128))
+               for level, spinning in [*((lv, False) for lv in kernels.GRAPH_LEVELS), ("ORT_ENABLE_ALL", True)]]
+    print_table("fp32 encoder, 2 threads: graph optimisation level and thread spinning (ms per batch)", options)
     passages = _corpus_texts(bundle.index_dir)
     reference = BiEncoder(bundle.reranker_dir, threads=2)
     agreement = [{"precision": v, **kernels.ranking_agreement(reference, BiEncoder(d, threads=2), _questions(),
@@ -191,6 +197,7 @@ def reranker(args: argparse.Namespace) -> dict[str, Any]:
     return {"architecture": {k: arch[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                   "num_attention_heads")},
             "matmul_peak": list(peaks.values()), "rows": rows, "int8_speedup": speedup, "agreement": agreement,
+            "session_options": options,
             "quantization": {v: kernels.quantization_settings(v) for v in kernels.INT8_VARIANTS}}
 
 
