@@ -10,12 +10,15 @@ from support_assistant.runtime.session import (
     OMP_THREADS_ENV,
     PROVIDERS_ENV,
     RAYON_THREADS_ENV,
+    SPIN_ENV,
     THREADS_ENV,
     active_provider,
     cap_tokenizer_threads,
     choose_providers,
     intra_op_threads,
     make_session,
+    session_options,
+    spinning,
 )
 
 
@@ -62,6 +65,19 @@ def test_session_uses_env_threads(test_decoder_dir: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv(THREADS_ENV, "2")
     sess = make_session(test_decoder_dir / "model.onnx")
     assert sess.get_session_options().intra_op_num_threads == 2
+
+
+def test_idle_threads_sleep_unless_the_deployment_opts_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert spinning({}) is False
+    assert spinning({SPIN_ENV: "0"}) is False
+    assert spinning({SPIN_ENV: " 1 "}) is True
+    for bad in ("yes", "true", "2"):
+        with pytest.raises(ValueError, match=SPIN_ENV):
+            spinning({SPIN_ENV: bad})
+    monkeypatch.delenv(SPIN_ENV, raising=False)
+    assert session_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setenv(SPIN_ENV, "1")
+    assert session_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "1"
 
 
 def test_missing_model_file(tmp_path: Path) -> None:

@@ -17,6 +17,11 @@ logger = logging.getLogger(__name__)
 
 PROVIDERS_ENV = "SUPPORT_ASSISTANT_ORT_PROVIDERS"
 THREADS_ENV = "SUPPORT_ASSISTANT_ORT_THREADS"
+# "1" lets idle intra-op threads spin instead of sleeping (ORT's session.intra_op.allow_spinning).
+# Off by default: a spinning thread keeps a core busy after every run, taken from whatever shares
+# the cores; worth it only where a replica's sessions have their cores to themselves
+# (docs/benchmarks.md section 4: 1.40x for a lone 16-token question on 2 threads).
+SPIN_ENV = "SUPPORT_ASSISTANT_ORT_SPIN"
 # Ray sets OMP_NUM_THREADS in every worker process (ray._private.utils.set_omp_num_threads_if_unset,
 # Ray 2.60) to the actor's num_cpus, floored, at least 1, unless the environment already sets it: so
 # a Serve replica with ray_actor_options.num_cpus: 2 reads 2 here. ONNX Runtime's default would be
@@ -80,6 +85,15 @@ def intra_op_threads(env: Mapping[str, str] | None = None) -> int:
     return threads
 
 
+def spinning(env: Mapping[str, str] | None = None) -> bool:
+    """Whether idle intra-op threads spin: only when `SUPPORT_ASSISTANT_ORT_SPIN` is "1"."""
+    env = os.environ if env is None else env
+    raw = env.get(SPIN_ENV, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{SPIN_ENV} must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
 def cap_tokenizer_threads(threads: int, env: MutableMapping[str, str] | None = None) -> None:
     """Size the tokenizers' thread pool like the session, unless the environment already does.
     Must run before the first batch is tokenized (the pool is built once per process)."""
@@ -96,8 +110,8 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = _ORT_LOG_LEVEL
     # Spinning workers burn a core while idle; with replicas sharing cores that steals time from
-    # the neighbours, so idle threads sleep instead.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # the neighbours, so idle threads sleep unless the deployment opts in (SPIN_ENV).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning() else "0")
     return opts
 
 
