@@ -3,9 +3,12 @@ import, so a proxy, controller or replica on a node that disagreed would run ano
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from repoctl.paths import ENVIRONMENTS
-from repoctl.render import find, ray_containers, ray_serve_env_of, serve_env_of_container
+from repoctl.render import find, ray_containers, ray_serve_env_of, serve_config_of, serve_env_of_container
+from support_assistant.serving import proxy_gate
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -32,3 +35,16 @@ def test_throughput_optimized_keeps_the_proxy(rendered, env):
     # new requests get Serve's plain-text 500 instead of waiting for the replacement.
     assert serve_env.get("RAY_SERVE_PROXY_USE_GRPC", "0") != "1"
     assert serve_env.get("RAY_SERVE_USE_GRPC_BY_DEFAULT", "0") != "1", "turns the proxy's gRPC on too"
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_proxy_runs_the_gate_sized_like_one_ingress_replica(rendered, env):
+    serve_env = ray_serve_env_of(rendered[env])
+    module, _, name = serve_env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"].partition(":")
+    assert getattr(importlib.import_module(module), name) is proxy_gate.middlewares
+    gate = proxy_gate.ProxyGateConfig.from_env(serve_env)
+    ingress = next(d for d in serve_config_of(rendered[env])["applications"][0]["deployments"]
+                   if d["name"] == "Ingress")["user_config"]
+    # A proxy never refuses what one ingress replica would take, and tells clients the same wait.
+    assert gate.max_in_flight == ingress["max_in_flight"]
+    assert gate.retry_after_s == ingress["retry_after_s"]

@@ -48,7 +48,7 @@ def local_serve_config(config: dict, bundle_dir: Path, port: int = 8000) -> dict
 @dataclass(frozen=True)
 class LocalOverlay:
     """An overlay as a local Ray runs it: its serveConfigV2 made local (local_serve_config), and the
-    RAY_SERVE_* settings its Ray containers set, which must be in place before Ray starts."""
+    Serve settings its Ray containers set (render.SERVE_ENV_PREFIXES), which must be in place before Ray starts."""
 
     config: dict
     serve_env: dict[str, str]
@@ -114,7 +114,7 @@ def loopback_and_token_env(token_file: Path) -> None:
 
 def start_ray(num_cpus: int, metrics_port: int | None = None, token_file: Path = TOKEN_FILE,
               serve_env: Mapping[str, str] | None = None) -> None:
-    """`serve_env`: the overlay's RAY_SERVE_* settings (render.ray_serve_env_of), set before Ray starts
+    """`serve_env`: the overlay's Serve settings (render.ray_serve_env_of), set before Ray starts
     so that every Serve process it starts reads them; a variable already set in the caller's
     environment wins (the bench compares data-plane variants that way)."""
     loopback_and_token_env(token_file)

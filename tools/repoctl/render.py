@@ -72,14 +72,19 @@ def ray_containers(rayservice: dict) -> list[tuple[str, dict]]:
     return [(name, c) for name, group in groups for c in group["template"]["spec"].get("containers", [])]
 
 
+# Variables read by the Serve processes themselves: Serve's data-plane settings (every Serve process
+# reads them at import) and the proxy gate's (serving/proxy_gate.py, read in each proxy at start).
+SERVE_ENV_PREFIXES = ("RAY_SERVE_", "SUPPORT_ASSISTANT_PROXY_")
+
+
 def serve_env_of_container(container: dict) -> dict[str, str]:
-    """A container's RAY_SERVE_* variables: Serve's data-plane settings, read by every Serve process
-    at import."""
-    return {e["name"]: e.get("value") for e in container.get("env", []) if e["name"].startswith("RAY_SERVE_")}
+    """A container's Serve settings (SERVE_ENV_PREFIXES), as the local run must set them before Ray
+    starts."""
+    return {e["name"]: e.get("value") for e in container.get("env", []) if e["name"].startswith(SERVE_ENV_PREFIXES)}
 
 
 def ray_serve_env_of(docs: list[dict]) -> dict[str, str]:
-    """The RAY_SERVE_* variables the RayService sets on its Ray containers, read from the head's.
+    """The Serve settings the RayService sets on its Ray containers, read from the head's.
     The same on every container: a test checks it."""
     _, head = ray_containers(find(docs, "RayService"))[0]
     return serve_env_of_container(head)

@@ -1,0 +1,184 @@
+"""A gate in Serve's HTTP proxy, in front of the ingress replica, installed through Serve's proxy
+callback (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=support_assistant.serving.proxy_gate:middlewares,
+set on every Ray container of the RayService).
+
+It does two things the ingress replica cannot do for itself:
+
+- **Refuses before forwarding.** A proxy forwards at most SUPPORT_ASSISTANT_PROXY_MAX_IN_FLIGHT
+  POST requests at once and answers the rest at once with the pipeline's JSON 503 `stage_unavailable`
+  and Retry-After. A refusal by the ingress replica still costs the proxy an actor call and the
+  replica a call back to the proxy for the body (Serve 2.60); one here costs neither, so a burst of
+  refusals no longer queues behind the requests that were let in (docs/reliability.md).
+- **Answers for a dead ingress.** When the ingress replica dies holding a request, or none is
+  running, Serve's proxy answers with its own plain-text 500 or 503. Those become the same JSON 503
+  `stage_unavailable` naming the ingress, with Retry-After, which a client retries. The app's own
+  errors are JSON and pass untouched.
+
+GET requests (probes, /readyz, Serve's /-/ routes) always pass. The ingress keeps its own gate
+(serving/admission.py): it is the limit per ingress replica and names the stage that is full; this
+one is a limit per proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.middleware import Middleware
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_IN_FLIGHT_ENV = "SUPPORT_ASSISTANT_PROXY_MAX_IN_FLIGHT"
+RETRY_AFTER_ENV = "SUPPORT_ASSISTANT_PROXY_RETRY_AFTER_S"
+STAGE = "ingress"
+APPLICATION = "support-assistant"
+# Serve's own last-resort answers (ray/serve/_private/http_util.py get_http_response_status): 500 when
+# the ingress replica died or raised past the app, 503 when no replica is running. The app's answers
+# are all JSON, so a plain-text one with these statuses is Serve's.
+SERVE_FAILURE_STATUSES = (500, 503)
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class ProxyGateConfig:
+    max_in_flight: int | None  # None: forward everything (only the dead-ingress answers apply)
+    retry_after_s: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProxyGateConfig:
+        env = os.environ if env is None else env
+        raw_limit = env.get(MAX_IN_FLIGHT_ENV, "").strip()
+        return cls(max_in_flight=_positive_int(MAX_IN_FLIGHT_ENV, raw_limit) if raw_limit else None,
+                   retry_after_s=_positive_int(RETRY_AFTER_ENV, env.get(RETRY_AFTER_ENV, "1").strip()))
+
+
+def _positive_int(name: str, raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+class ProxyRefusals:
+    """ray_support_assistant_proxy_refusals_total{application, reason}: the requests this gate
+    answered instead of the ingress (reason "full" or "ingress_unavailable"). Created on first use:
+    Ray metrics must be made inside a Ray worker, and the unit tests run without one."""
+
+    def __init__(self) -> None:
+        self._counter: Any = None
+
+    def inc(self, reason: str) -> None:
+        if self._counter is None:
+            from ray.util import metrics
+
+            self._counter = metrics.Counter(
+                "support_assistant_proxy_refusals",
+                description="Answer requests that Serve's proxy refused (reason full) or answered for a "
+                            "failed ingress (reason ingress_unavailable) with a JSON 503.",
+                tag_keys=("application", "reason"),
+            )
+        self._counter.inc(tags={"application": APPLICATION, "reason": reason})
+
+
+class ProxyGate:
+    def __init__(self, app: ASGIApp, config: ProxyGateConfig | None = None,
+                 refusals: ProxyRefusals | None = None) -> None:
+        self.app = app
+        self.config = ProxyGateConfig.from_env() if config is None else config
+        self.refusals = ProxyRefusals() if refusals is None else refusals
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        limit = self.config.max_in_flight
+        if limit is not None and self.in_flight >= limit:
+            self.refusals.inc("full")
+            await self._send_unavailable(send, f"the pipeline is full: {self.in_flight} requests in flight "
+                                               f"through this proxy (limit {limit})", [])
+            return
+        self.in_flight += 1
+        answer = _ServeFailureAnswer(receive, send)
+        try:
+            await self.app(scope, answer.receive, answer.send)
+        except Exception:
+            if answer.started:
+                raise
+            logger.warning("proxy gate: the ingress failed before answering; a JSON 503 goes instead",
+                           exc_info=True)
+        finally:
+            self.in_flight -= 1
+        # Serve's proxy returns without a word when the ingress replica died holding the request
+        # (Ray 2.60 sends nothing for a RayActorError, and uvicorn then answers a plain 500), and also
+        # when the client went away, which needs no answer.
+        if answer.replaced_status is not None or not (answer.started or answer.client_gone):
+            self.refusals.inc("ingress_unavailable")
+            reason = (f"Serve answered {answer.replaced_status}" if answer.replaced_status is not None
+                      else "no answer from it")
+            await self._send_unavailable(send, f"the ingress replica failed or cannot take requests ({reason})",
+                                         answer.request_id)
+
+    async def _send_unavailable(self, send: Send, message: str, extra_headers: list[tuple[bytes, bytes]]) -> None:
+        body = json.dumps({"error": {"code": "stage_unavailable", "stage": STAGE, "message": message}}).encode()
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(self.config.retry_after_s).encode()),
+            *extra_headers,
+        ]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _ServeFailureAnswer:
+    """Passes the app's answer through; holds back Serve's own plain-text 500/503 (and its body) so
+    the gate can answer in JSON instead."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.started = False
+        self.client_gone = False
+        self.replaced_status: int | None = None
+        self.request_id: list[tuple[bytes, bytes]] = []
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.client_gone = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.replaced_status is not None:
+            return  # the rest of Serve's plain-text body
+        if message["type"] == "http.response.start" and _is_serve_failure(message):
+            self.replaced_status = message["status"]
+            self.request_id = [(k, v) for k, v in message.get("headers", []) if k.lower() == b"x-request-id"]
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
+def _is_serve_failure(start: Message) -> bool:
+    if start.get("status") not in SERVE_FAILURE_STATUSES:
+        return False
+    content_type = next((v for k, v in start.get("headers", []) if k.lower() == b"content-type"), b"")
+    return not content_type.startswith(b"application/json")
+
+
+def middlewares() -> list[Middleware]:
+    """What Serve's proxy calls at start (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH). A malformed
+    setting stops the proxy with a message naming the variable."""
+    config = ProxyGateConfig.from_env()
+    logger.info("proxy gate: at most %s answer requests in flight per proxy, Retry-After %ss",
+                config.max_in_flight or "unlimited", config.retry_after_s)
+    return [Middleware(ProxyGate, config=config)]

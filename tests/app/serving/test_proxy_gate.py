@@ -1,0 +1,171 @@
+"""serving/proxy_gate.py without Ray: the gate around a stand-in for Serve's proxy app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from support_assistant.serving import proxy_gate
+from support_assistant.serving.proxy_gate import (
+    MAX_IN_FLIGHT_ENV,
+    RETRY_AFTER_ENV,
+    ProxyGate,
+    ProxyGateConfig,
+)
+
+
+class Refusals:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def inc(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def post(path: str = "/v1/answer") -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": path, "headers": []}
+
+
+async def call(gate: ProxyGate, scope: dict[str, Any], incoming: list[dict[str, Any]] | None = None) -> list[dict]:
+    sent: list[dict[str, Any]] = []
+    pending = list(incoming or [{"type": "http.request", "body": b"{}", "more_body": False}])
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await gate(scope, receive, send)
+    return sent
+
+
+def answered(sent: list[dict[str, Any]]) -> tuple[int, dict[bytes, bytes], bytes]:
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body
+
+
+async def reply(send: Any, status: int, body: bytes, content_type: bytes, *extra: tuple[bytes, bytes]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), *extra]})
+    await send({"type": "http.response.body", "body": body[:3], "more_body": True})
+    await send({"type": "http.response.body", "body": body[3:], "more_body": False})
+
+
+def gate_around(app: Any, limit: int | None = 2, retry_after_s: int = 3) -> tuple[ProxyGate, Refusals]:
+    refusals = Refusals()
+    return ProxyGate(app, ProxyGateConfig(max_in_flight=limit, retry_after_s=retry_after_s), refusals), refusals
+
+
+def test_refuses_posts_over_the_limit_at_once_and_lets_probes_through() -> None:
+    release = asyncio.Event()
+    reached = 0
+
+    async def slow_pipeline(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal reached
+        reached += 1
+        if scope["method"] == "POST":
+            await release.wait()
+        await reply(send, 200, b'{"answer": "ok"}', b"application/json")
+
+    gate, refusals = gate_around(slow_pipeline, limit=2)
+
+    async def scenario() -> None:
+        held = [asyncio.create_task(call(gate, post())) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert gate.in_flight == 2
+        status, headers, body = answered(await call(gate, post()))
+        assert status == 503 and headers[b"retry-after"] == b"3"
+        assert headers[b"content-type"] == b"application/json"
+        error = json.loads(body)["error"]
+        assert error["code"] == "stage_unavailable" and error["stage"] == "ingress"
+        assert "limit 2" in error["message"]
+        # A probe is never refused, full or not.
+        status, _, _ = answered(await call(gate, {"type": "http", "method": "GET", "path": "/readyz", "headers": []}))
+        assert status == 200
+        release.set()
+        for task in held:
+            assert answered(await task)[0] == 200
+        assert gate.in_flight == 0
+        assert answered(await call(gate, post()))[0] == 200  # room again
+
+    asyncio.run(scenario())
+    assert refusals.reasons == ["full"]
+    assert reached == 4  # the refused request never reached the app
+
+
+def test_serves_plain_text_500_becomes_a_retryable_json_503_keeping_the_request_id() -> None:
+    async def dead_ingress(scope: Any, receive: Any, send: Any) -> None:
+        await reply(send, 500, b"Internal Server Error", b"text/plain; charset=utf-8", (b"x-request-id", b"abc"))
+
+    gate, refusals = gate_around(dead_ingress)
+    sent = asyncio.run(call(gate, post()))
+    status, headers, body = answered(sent)
+    assert status == 503 and headers[b"retry-after"] == b"3" and headers[b"x-request-id"] == b"abc"
+    assert json.loads(body)["error"]["stage"] == "ingress"
+    assert b"Internal Server Error" not in body
+    assert sum(m["type"] == "http.response.start" for m in sent) == 1
+    assert refusals.reasons == ["ingress_unavailable"]
+    assert gate.in_flight == 0
+
+
+@pytest.mark.parametrize("status", [200, 400, 500, 503])
+def test_the_apps_own_json_answers_pass_untouched(status: int) -> None:
+    body = json.dumps({"error": {"code": "internal", "request_id": "r1"}}).encode()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await reply(send, status, body, b"application/json")
+
+    gate, refusals = gate_around(app)
+    assert answered(asyncio.run(call(gate, post()))) == (status, {b"content-type": b"application/json"}, body)
+    assert refusals.reasons == []
+
+
+def test_a_proxy_that_returns_without_answering_gets_a_json_503_unless_the_client_left() -> None:
+    async def silent(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive())["type"] != "http.disconnect" and scope.get("wait_for_disconnect"):
+            pass
+
+    gate, refusals = gate_around(silent)
+    status, _, body = answered(asyncio.run(call(gate, post())))
+    assert status == 503 and json.loads(body)["error"]["code"] == "stage_unavailable"
+    # The client went away: nothing to answer and nothing to count.
+    left = asyncio.run(call(gate, {**post(), "wait_for_disconnect": True}, [{"type": "http.disconnect"}]))
+    assert left == []
+    assert refusals.reasons == ["ingress_unavailable"]
+
+
+def test_an_exception_before_the_answer_is_a_json_503_and_after_it_propagates() -> None:
+    async def raises_early(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("replica died")
+
+    async def raises_late(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("stream broke")
+
+    gate, _ = gate_around(raises_early)
+    assert answered(asyncio.run(call(gate, post())))[0] == 503
+    gate, _ = gate_around(raises_late)
+    with pytest.raises(RuntimeError, match="stream broke"):
+        asyncio.run(call(gate, post()))
+    assert gate.in_flight == 0
+
+
+def test_config_from_the_environment() -> None:
+    assert ProxyGateConfig.from_env({}) == ProxyGateConfig(max_in_flight=None, retry_after_s=1)
+    assert ProxyGateConfig.from_env({MAX_IN_FLIGHT_ENV: "32", RETRY_AFTER_ENV: "2"}) == ProxyGateConfig(32, 2)
+    for name, bad in ((MAX_IN_FLIGHT_ENV, "0"), (MAX_IN_FLIGHT_ENV, "many"), (RETRY_AFTER_ENV, "-1")):
+        with pytest.raises(ValueError, match=name):
+            ProxyGateConfig.from_env({name: bad})
+
+
+def test_middlewares_is_what_serves_proxy_callback_expects(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.serve._private.http_util import validate_http_proxy_callback_return
+
+    monkeypatch.setenv(MAX_IN_FLIGHT_ENV, "7")
+    (middleware,) = validate_http_proxy_callback_return(proxy_gate.middlewares())
+    assert middleware.cls is ProxyGate
+    assert middleware.kwargs["config"] == ProxyGateConfig(max_in_flight=7, retry_after_s=1)
