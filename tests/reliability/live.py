@@ -1,5 +1,6 @@
 """Helpers for the reliability suites against the session's live local Ray (tests/liveray.py):
-deploy the dev overlay's own serveConfigV2, find a stage's replica processes, raw HTTP calls.
+deploy the dev overlay's own serveConfigV2, find a stage's replica processes, raw HTTP calls, read
+the metrics the local Ray exports.
 Everything here talks to 127.0.0.1 only."""
 
 from __future__ import annotations
@@ -7,9 +8,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import socket
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +149,19 @@ def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
             out, rest = out + rest[:size], rest[size + 2:]
         body = out
     return status, headers, body
+
+
+def scrape_series(port: int, name: str, timeout_s: float = 60,
+                  until: Callable[[list[tuple[dict[str, str], float]]], bool] = bool,
+                  ) -> list[tuple[dict[str, str], float]]:
+    """The series `name` on the local Ray's Prometheus endpoint, asked every 2 s until `until`
+    holds for them (by default: until there is one) or timeout_s has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        found = [(dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)), float(value))
+                 for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M)]
+        if until(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(2)

@@ -5,15 +5,12 @@ fires in promtool on exactly that series (the metric the live run exports, not a
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
-import time
-import urllib.request
 
 import pytest
 import yaml
-from live import deploy_dev, dev_config, request
+from live import deploy_dev, dev_config, request, scrape_series
 from repoctl.local_run import deploy
 from repoctl.paths import tool
 from repoctl.promql import rule_groups
@@ -28,17 +25,6 @@ def corrupt(path) -> None:
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
     path.write_bytes(bytes(data))
-
-
-def scrape_series(port: int, name: str, timeout_s: float = 60) -> list[tuple[dict[str, str], float]]:
-    deadline, found = time.monotonic() + timeout_s, []
-    while time.monotonic() < deadline and not found:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
-            found.append((dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)), float(value)))
-        time.sleep(2)
-    return found
 
 
 @pytest.fixture(scope="module")
