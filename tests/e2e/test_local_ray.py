@@ -133,6 +133,8 @@ NOT_EXPORTED_LOCALLY = {
     "ray_support_assistant_generated_tokens_total": "abstractive generator only (the local bundle has no LM)",
     # tests/reliability/test_model_load_failure.py makes one and checks the alert on its series.
     "ray_support_assistant_model_load_failures_total": "first failed model load",
+    # tests/reliability/test_load.py overloads the proxy gate and checks this series' count and labels.
+    "ray_support_assistant_proxy_refusals_total": "first request the proxy gate answers",
 }
 
 
