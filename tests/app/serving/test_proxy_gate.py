@@ -68,6 +68,7 @@ def test_refuses_posts_over_the_limit_at_once_and_lets_probes_through() -> None:
         nonlocal reached
         reached += 1
         if scope["method"] == "POST":
+            await receive()  # the whole body: the request keeps its place
             await release.wait()
         await reply(send, 200, b'{"answer": "ok"}', b"application/json")
 
@@ -95,6 +96,51 @@ def test_refuses_posts_over_the_limit_at_once_and_lets_probes_through() -> None:
     asyncio.run(scenario())
     assert refusals.reasons == ["full"]
     assert reached == 4  # the refused request never reached the app
+
+
+def test_a_slow_upload_stops_holding_a_place_and_counts_again_once_its_body_is_in() -> None:
+    body_in, release = asyncio.Event(), asyncio.Event()
+
+    async def pipeline(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await release.wait()
+        await reply(send, 200, b'{"answer": "ok"}', b"application/json")
+
+    refusals = Refusals()
+    gate = ProxyGate(pipeline, ProxyGateConfig(max_in_flight=1, retry_after_s=1), refusals, fresh_reader_s=0.05)
+    trickled: list[dict[str, Any]] = []
+
+    async def trickle() -> dict[str, Any]:
+        if not trickled:
+            trickled.append({"type": "http.request", "body": b'{"question": ', "more_body": True})
+            return trickled[-1]
+        await body_in.wait()
+        return {"type": "http.request", "body": b'"x"}', "more_body": False}
+
+    async def nowhere(message: dict[str, Any]) -> None:
+        pass
+
+    async def scenario() -> None:
+        slow = asyncio.create_task(gate(post(), trickle, nowhere))
+        await asyncio.sleep(0.01)
+        assert gate.in_flight == 1  # a fresh upload holds its place
+        assert answered(await call(gate, post()))[0] == 503
+        await asyncio.sleep(0.1)
+        assert gate.in_flight == 0  # past fresh_reader_s: the slow upload no longer blocks others
+        fast = asyncio.create_task(call(gate, post()))
+        await asyncio.sleep(0.01)
+        assert gate.in_flight == 1
+        body_in.set()
+        await asyncio.sleep(0.01)
+        assert gate.in_flight == 2  # its body is in: it counts again (the ingress's own gate decides)
+        release.set()
+        await slow
+        assert answered(await fast)[0] == 200
+        assert gate.in_flight == 0
+
+    asyncio.run(scenario())
+    assert refusals.reasons == ["full"]
 
 
 def test_serves_plain_text_500_becomes_a_retryable_json_503_keeping_the_request_id() -> None:

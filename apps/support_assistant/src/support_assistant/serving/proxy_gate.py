@@ -14,13 +14,16 @@ It does two things the ingress replica cannot do for itself:
   `stage_unavailable` naming the ingress, with Retry-After, which a client retries. The app's own
   errors are JSON and pass untouched.
 
-GET requests (probes, /readyz, Serve's /-/ routes) always pass. The ingress keeps its own gate
+GET requests (probes, /readyz, Serve's /-/ routes) always pass. A request still uploading its body
+stops holding a place after FRESH_READER_S, as at the ingress, so slow uploads can never keep the
+gate shut for the others; it counts again once its body is in. The ingress keeps its own gate
 (serving/admission.py): it is the limit per ingress replica and names the stage that is full; this
 one is a limit per proxy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.middleware import Middleware
+
+from support_assistant.serving.admission import FRESH_READER_S
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -90,11 +95,12 @@ class ProxyRefusals:
 
 class ProxyGate:
     def __init__(self, app: ASGIApp, config: ProxyGateConfig | None = None,
-                 refusals: ProxyRefusals | None = None) -> None:
+                 refusals: ProxyRefusals | None = None, fresh_reader_s: float = FRESH_READER_S) -> None:
         self.app = app
         self.config = ProxyGateConfig.from_env() if config is None else config
         self.refusals = ProxyRefusals() if refusals is None else refusals
-        self.in_flight = 0
+        self.fresh_reader_s = fresh_reader_s
+        self.in_flight = 0  # forwarded requests holding a place
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -107,7 +113,8 @@ class ProxyGate:
                                                f"through this proxy (limit {limit})", [])
             return
         self.in_flight += 1
-        answer = _ServeFailureAnswer(receive, send)
+        answer = _ServeFailureAnswer(receive, send, on_body_complete=lambda: self._hold(answer))
+        slow_upload = asyncio.get_running_loop().call_later(self.fresh_reader_s, self._release_slow, answer)
         try:
             await self.app(scope, answer.receive, answer.send)
         except Exception:
@@ -116,7 +123,8 @@ class ProxyGate:
             logger.warning("proxy gate: the ingress failed before answering; a JSON 503 goes instead",
                            exc_info=True)
         finally:
-            self.in_flight -= 1
+            slow_upload.cancel()
+            self._release(answer)
         # Serve's proxy returns without a word when the ingress replica died holding the request
         # (Ray 2.60 sends nothing for a RayActorError, and uvicorn then answers a plain 500), and also
         # when the client went away, which needs no answer.
@@ -126,6 +134,20 @@ class ProxyGate:
                       else "no answer from it")
             await self._send_unavailable(send, f"the ingress replica failed or cannot take requests ({reason})",
                                          answer.request_id)
+
+    def _hold(self, answer: _ServeFailureAnswer) -> None:
+        if not answer.holds_place:
+            answer.holds_place = True
+            self.in_flight += 1
+
+    def _release(self, answer: _ServeFailureAnswer) -> None:
+        if answer.holds_place:
+            answer.holds_place = False
+            self.in_flight -= 1
+
+    def _release_slow(self, answer: _ServeFailureAnswer) -> None:
+        if not answer.body_complete:
+            self._release(answer)
 
     async def _send_unavailable(self, send: Send, message: str, extra_headers: list[tuple[bytes, bytes]]) -> None:
         body = json.dumps({"error": {"code": "stage_unavailable", "stage": STAGE, "message": message}}).encode()
@@ -139,12 +161,15 @@ class ProxyGate:
 
 
 class _ServeFailureAnswer:
-    """Passes the app's answer through; holds back Serve's own plain-text 500/503 (and its body) so
-    the gate can answer in JSON instead."""
+    """One forwarded request: watches its body come in, passes the app's answer through, and holds
+    back Serve's own plain-text 500/503 (and its body) so the gate can answer in JSON instead."""
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, on_body_complete: Callable[[], None]) -> None:
         self._receive = receive
         self._send = send
+        self._on_body_complete = on_body_complete
+        self.holds_place = True  # counted in the gate's in_flight (see ProxyGate._release_slow)
+        self.body_complete = False
         self.started = False
         self.client_gone = False
         self.replaced_status: int | None = None
@@ -154,6 +179,9 @@ class _ServeFailureAnswer:
         message = await self._receive()
         if message["type"] == "http.disconnect":
             self.client_gone = True
+        elif message["type"] == "http.request" and not message.get("more_body", False) and not self.body_complete:
+            self.body_complete = True
+            self._on_body_complete()
         return message
 
     async def send(self, message: Message) -> None:
