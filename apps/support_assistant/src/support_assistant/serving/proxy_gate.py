@@ -33,6 +33,8 @@ from typing import Any
 
 from starlette.middleware import Middleware
 
+from support_assistant.api import error_body
+from support_assistant.errors import StageError
 from support_assistant.serving.admission import FRESH_READER_S
 
 Scope = MutableMapping[str, Any]
@@ -150,8 +152,9 @@ class ProxyGate:
             self._release(answer)
 
     async def _send_unavailable(self, send: Send, message: str, extra_headers: list[tuple[bytes, bytes]]) -> None:
-        body = json.dumps({"error": {"code": "stage_unavailable", "stage": STAGE, "message": message}}).encode()
-        await send({"type": "http.response.start", "status": 503, "headers": [
+        refusal = StageError(STAGE, "unavailable", message, status=503)
+        body = json.dumps(error_body(refusal)).encode()
+        await send({"type": "http.response.start", "status": refusal.status, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"retry-after", str(self.config.retry_after_s).encode()),
