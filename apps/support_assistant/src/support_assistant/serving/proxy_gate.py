@@ -115,7 +115,7 @@ class ProxyGate:
                                                f"through this proxy (limit {limit})", [])
             return
         self.in_flight += 1
-        answer = _ServeFailureAnswer(receive, send, on_body_complete=lambda: self._hold(answer))
+        answer = _ForwardedRequest(receive, send, on_body_complete=lambda: self._hold(answer))
         slow_upload = asyncio.get_running_loop().call_later(self.fresh_reader_s, self._release_slow, answer)
         try:
             await self.app(scope, answer.receive, answer.send)
@@ -137,17 +137,17 @@ class ProxyGate:
             await self._send_unavailable(send, f"the ingress replica failed or cannot take requests ({reason})",
                                          answer.request_id)
 
-    def _hold(self, answer: _ServeFailureAnswer) -> None:
+    def _hold(self, answer: _ForwardedRequest) -> None:
         if not answer.holds_place:
             answer.holds_place = True
             self.in_flight += 1
 
-    def _release(self, answer: _ServeFailureAnswer) -> None:
+    def _release(self, answer: _ForwardedRequest) -> None:
         if answer.holds_place:
             answer.holds_place = False
             self.in_flight -= 1
 
-    def _release_slow(self, answer: _ServeFailureAnswer) -> None:
+    def _release_slow(self, answer: _ForwardedRequest) -> None:
         if not answer.body_complete:
             self._release(answer)
 
@@ -163,7 +163,7 @@ class ProxyGate:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class _ServeFailureAnswer:
+class _ForwardedRequest:
     """One forwarded request: watches its body come in, passes the app's answer through, and holds
     back Serve's own plain-text 500/503 (and its body) so the gate can answer in JSON instead."""
 
