@@ -25,6 +25,8 @@ from pydantic import (
 )
 
 STAGES = ("normalizer", "retriever", "reranker", "generator")
+# The application's name in serveConfigV2 (base/support-assistant/serve-config.yaml).
+APP_NAME = "support-assistant"
 
 
 class ConfigError(ValueError):
@@ -157,7 +159,7 @@ class PipelineConfig(_Strict):
     generator: GeneratorConfig
 
     @classmethod
-    def from_serve_config(cls, serve_config: Mapping[str, Any], app: str = "support-assistant") -> PipelineConfig:
+    def from_serve_config(cls, serve_config: Mapping[str, Any], app: str = APP_NAME) -> PipelineConfig:
         """From a parsed serveConfigV2 (or base/support-assistant/serve-config.yaml)."""
         apps = [a for a in serve_config.get("applications", []) if a.get("name") == app]
         if not apps:

@@ -39,7 +39,7 @@ from support_assistant.api import (
     parse_answer_request,
     printable,
 )
-from support_assistant.config import IngressConfig, parse
+from support_assistant.config import APP_NAME, IngressConfig, parse
 from support_assistant.errors import InvalidInput, StageError, StageUnavailable
 from support_assistant.pipeline import Stages, answer, stage_deadline
 from support_assistant.runtime.bundle import load_bundle
@@ -49,7 +49,6 @@ from support_assistant.serving.availability import StageAvailability
 from support_assistant.serving.telemetry import IngressMetrics
 from support_assistant.stages.normalizer import Normalizer
 
-APP_NAME = "support-assistant"
 logger = logging.getLogger("ray.serve")
 
 api = FastAPI(

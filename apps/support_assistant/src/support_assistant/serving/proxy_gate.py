@@ -34,6 +34,7 @@ from typing import Any
 from starlette.middleware import Middleware
 
 from support_assistant.api import error_body
+from support_assistant.config import APP_NAME
 from support_assistant.errors import StageError
 from support_assistant.serving.admission import FRESH_READER_S
 
@@ -46,7 +47,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MAX_IN_FLIGHT_ENV = "SUPPORT_ASSISTANT_PROXY_MAX_IN_FLIGHT"
 RETRY_AFTER_ENV = "SUPPORT_ASSISTANT_PROXY_RETRY_AFTER_S"
 STAGE = "ingress"
-APPLICATION = "support-assistant"
 # Serve's own last-resort answers (ray/serve/_private/http_util.py get_http_response_status): 500 when
 # the ingress replica died or raised past the app, 503 when no replica is running. The app's answers
 # are all JSON, so a plain-text one with these statuses is Serve's.
@@ -92,7 +92,7 @@ class ProxyRefusals:
                             "failed ingress (reason ingress_unavailable) with a JSON 503.",
                 tag_keys=("application", "reason"),
             )
-        self._counter.inc(tags={"application": APPLICATION, "reason": reason})
+        self._counter.inc(tags={"application": APP_NAME, "reason": reason})
 
 
 class ProxyGate:
