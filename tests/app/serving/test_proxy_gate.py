@@ -143,6 +143,49 @@ def test_a_slow_upload_stops_holding_a_place_and_counts_again_once_its_body_is_i
     assert refusals.reasons == ["full"]
 
 
+def test_the_place_is_free_once_the_answer_is_out_though_the_proxy_has_not_returned() -> None:
+    # Serve's proxy still waits on the replica's call after sending the last byte; a client that
+    # sends its next request on that answer must be let in (a closed loop of max_in_flight clients).
+    answer_out, proxy_done = asyncio.Event(), asyncio.Event()
+
+    async def lingering_proxy(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await reply(send, 200, b'{"answer": "ok"}', b"application/json")
+        answer_out.set()
+        await proxy_done.wait()
+
+    gate, refusals = gate_around(lingering_proxy, limit=1)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(call(gate, post()))
+        await answer_out.wait()
+        assert gate.in_flight == 0
+        answer_out.clear()
+        second = asyncio.create_task(call(gate, post()))
+        await answer_out.wait()  # forwarded, not refused
+        proxy_done.set()
+        assert [answered(await t)[0] for t in (first, second)] == [200, 200]
+        assert gate.in_flight == 0
+
+    asyncio.run(scenario())
+    assert refusals.reasons == []
+
+
+def test_a_place_freed_by_the_answer_is_not_taken_again_by_a_late_end_of_body() -> None:
+    in_flight_seen: list[int] = []
+
+    async def answers_before_reading(scope: Any, receive: Any, send: Any) -> None:
+        await reply(send, 413, b'{"error": {}}', b"application/json")  # e.g. refused on its length
+        in_flight_seen.append(gate.in_flight)
+        await receive()  # the end of the body comes after the answer
+        in_flight_seen.append(gate.in_flight)
+
+    gate, _ = gate_around(answers_before_reading, limit=1)
+    assert answered(asyncio.run(call(gate, post())))[0] == 413
+    assert in_flight_seen == [0, 0]
+    assert gate.in_flight == 0
+
+
 def test_serves_plain_text_500_becomes_a_retryable_json_503_keeping_the_request_id() -> None:
     async def dead_ingress(scope: Any, receive: Any, send: Any) -> None:
         await reply(send, 500, b"Internal Server Error", b"text/plain; charset=utf-8", (b"x-request-id", b"abc"))

@@ -115,7 +115,8 @@ class ProxyGate:
                                                f"through this proxy (limit {limit})", [])
             return
         self.in_flight += 1
-        answer = _ForwardedRequest(receive, send, on_body_complete=lambda: self._hold(answer))
+        answer = _ForwardedRequest(receive, send, on_body_complete=lambda: self._hold(answer),
+                                   on_answered=lambda: self._release(answer))
         slow_upload = asyncio.get_running_loop().call_later(self.fresh_reader_s, self._release_slow, answer)
         try:
             await self.app(scope, answer.receive, answer.send)
@@ -138,7 +139,7 @@ class ProxyGate:
                                          answer.request_id)
 
     def _hold(self, answer: _ForwardedRequest) -> None:
-        if not answer.holds_place:
+        if not answer.holds_place and not answer.answered:
             answer.holds_place = True
             self.in_flight += 1
 
@@ -167,12 +168,15 @@ class _ForwardedRequest:
     """One forwarded request: watches its body come in, passes the app's answer through, and holds
     back Serve's own plain-text 500/503 (and its body) so the gate can answer in JSON instead."""
 
-    def __init__(self, receive: Receive, send: Send, on_body_complete: Callable[[], None]) -> None:
+    def __init__(self, receive: Receive, send: Send, on_body_complete: Callable[[], None],
+                 on_answered: Callable[[], None]) -> None:
         self._receive = receive
         self._send = send
         self._on_body_complete = on_body_complete
+        self._on_answered = on_answered
         self.holds_place = True  # counted in the gate's in_flight (see ProxyGate._release_slow)
         self.body_complete = False
+        self.answered = False  # the last part of the app's answer went to the client
         self.started = False
         self.client_gone = False
         self.replaced_status: int | None = None
@@ -196,6 +200,13 @@ class _ForwardedRequest:
             return
         if message["type"] == "http.response.start":
             self.started = True
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            # The place is free once the answer is out, not when Serve's proxy returns (it still
+            # waits on the replica's call after the last byte): a client that sends its next request
+            # on that answer must find the place free, or a closed loop of max_in_flight clients
+            # would be refused.
+            self.answered = True
+            self._on_answered()
         await self._send(message)
 
 
