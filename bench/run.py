@@ -9,6 +9,8 @@ versions, models, provider, git commit and the exact command):
   pipeline   end to end over HTTP at concurrency 1/8/32/64: Serve (dev overlay, as `make run`) vs a
              single-process Starlette/uvicorn baseline running the same stage classes; both without
              the bundle's vector cache at 1/8
+  floor      the pipeline's shape with no work in it (bench/floor.py): Serve's proxy, ingress and
+             three do-nothing hops vs uvicorn alone, at 1/32: what Serve costs before any stage runs
   dataplane  the overlays' Serve settings vs Ray's defaults, HAProxy ingress and direct ingress, at 1/32
              (admission limits opened to 64 so that every client is served)
   batching   the Reranker deployment alone at 32 clients: its @serve.batch vs max_batch_size=1
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, ROOT, print_table, provenance, write_report
 from questions import load_questions
 
-SECTIONS = ("pipeline", "dataplane", "batching", "reranker", "generator", "quality")
+SECTIONS = ("pipeline", "floor", "dataplane", "batching", "reranker", "generator", "quality")
 LEVELS = [1, 8, 32, 64]
 SHORT_LEVELS = [1, 32]
 # Candidate settings measured against the committed dev config in the same run (bench only; what
@@ -92,6 +94,32 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
             if baseline[c]["requests_per_s"] else None,
         } for c in LEVELS if c in serve and c in baseline]
     print_table("pipeline: Serve against the baseline", comparison)
+    return {"rows": rows, "comparison": comparison, "env": args.env, "warmup_s": args.warmup,
+            "seconds_per_level": args.seconds}
+
+
+def floor(args: argparse.Namespace) -> dict[str, Any]:
+    """Serve's own cost here: the pipeline's shape with no work in it (bench/floor.py), against the
+    same in one uvicorn process; the pipeline section's figures minus these are the stages' share."""
+    from load import sweep
+    from servers import child_server
+
+    rows: list[dict[str, Any]] = []
+    runs = [("uvicorn, one process, no work", "floor_baseline", 0),
+            ("Serve proxy + ingress replica, no hops", "floor_serve", 0),
+            ("Serve proxy + ingress + 3 hops (the pipeline's shape)", "floor_serve", 3)]
+    for label, kind, hops in runs:
+        with child_server(kind, port=args.port, bundle=args.bundle, env=args.env, hops=hops):
+            for row in sweep(args.port, _questions(), SHORT_LEVELS, args.warmup, args.seconds):
+                rows.append({"server": label, "hops": hops, **row})
+    print_table("floor: the pipeline's shape with no work in it", rows, PIPELINE_COLUMNS)
+    uvicorn = {r["concurrency"]: r for r in rows if r["server"] == runs[0][0]}
+    comparison = [{"server": r["server"], "concurrency": r["concurrency"],
+                   "added_p50_ms": round(r["p50_ms"] - base["p50_ms"], 2),
+                   "over_uvicorn_throughput": round(r["requests_per_s"] / base["requests_per_s"], 2)}
+                  for r in rows if r["server"] != runs[0][0]
+                  for base in [uvicorn[r["concurrency"]]] if base["requests_per_s"]]
+    print_table("floor: Serve against one uvicorn process, both doing nothing", comparison)
     return {"rows": rows, "comparison": comparison, "env": args.env, "warmup_s": args.warmup,
             "seconds_per_level": args.seconds}
 
@@ -270,7 +298,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sections", nargs="*", metavar="SECTION",
-                        help=f"any of {', '.join(SECTIONS)} (default: all); _serve/_baseline/_batching are internal")
+                        help=f"any of {', '.join(SECTIONS)} (default: all); names starting with _ are internal")
     parser.add_argument("--bundle", type=Path, default=ROOT / ".cache" / "bundle")
     parser.add_argument("--env", default="dev", help="overlay whose serveConfigV2 is deployed (default dev)")
     parser.add_argument("--port", type=int, default=8010)
@@ -278,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per level / kernel budget")
     parser.add_argument("--variant", default="overlay", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--hops", type=int, default=0, help=argparse.SUPPRESS)
     return parser
 
 
@@ -292,6 +321,10 @@ def main() -> int:
             return servers.run_serve(args.port, args.bundle, args.env, json.loads(args.overrides))
         if internal[0] == "_baseline":
             return servers.run_baseline(args.port, args.bundle, args.env)
+        if internal[0] == "_floor_serve":
+            return servers.run_floor_serve(args.port, args.env, args.hops)
+        if internal[0] == "_floor_baseline":
+            return servers.run_floor_baseline(args.port)
         if internal[0] == "_batching":
             return servers.run_batching(args.bundle, args.env, 32, args.warmup, args.seconds)
         print(f"unknown internal command {internal[0]}", file=sys.stderr)
@@ -304,8 +337,8 @@ def main() -> int:
         print(f"{args.bundle}: no model bundle; run `make bundle`", file=sys.stderr)
         return 2
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    functions = {"pipeline": pipeline, "dataplane": dataplane, "batching": batching, "reranker": reranker,
-                 "generator": generator, "quality": quality}
+    functions = {"pipeline": pipeline, "floor": floor, "dataplane": dataplane, "batching": batching,
+                 "reranker": reranker, "generator": generator, "quality": quality}
     for section in args.sections or SECTIONS:
         info = provenance(args.bundle)
         print(f"\n## {section}  (commit {info['git_commit']}, {info['machine']['cpus']} CPUs, "

@@ -73,10 +73,12 @@ def _wait_healthy(port: int, process: subprocess.Popen, timeout_s: float) -> Non
 
 @contextmanager
 def child_server(kind: str, *, port: int, bundle: Path, env: str, variant: str = "overlay",
-                 overrides: dict[str, Any] | None = None, timeout_s: float = 300) -> Iterator[None]:
-    """Start `bench/run.py _serve|_baseline` and yield once it answers /healthz; always stop it."""
+                 overrides: dict[str, Any] | None = None, hops: int = 0, timeout_s: float = 300) -> Iterator[None]:
+    """Start `bench/run.py _serve|_baseline|_floor_serve|_floor_baseline` and yield once it answers
+    /healthz; always stop it."""
     command = [sys.executable, str(ROOT / "bench" / "run.py"), f"_{kind}", "--port", str(port), "--bundle",
-               str(bundle), "--env", env, "--variant", variant, "--overrides", json.dumps(overrides or {})]
+               str(bundle), "--env", env, "--variant", variant, "--overrides", json.dumps(overrides or {}),
+               "--hops", str(hops)]
     child_env = {**os.environ, **VARIANTS[variant]}
     log = (ROOT / ".cache" / "bench" / f"{kind}-{variant}.log").open("w")
     process = subprocess.Popen(command, cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
@@ -137,6 +139,41 @@ def run_serve(port: int, bundle: Path, env: str, overrides: dict[str, Any]) -> i
         if ray.is_initialized():
             serve.shutdown()
             ray.shutdown()
+
+
+def run_floor_serve(port: int, env: str, hops: int) -> int:
+    """Child: the floor app (bench/floor.py) on a local Ray started as `make run` starts it, with the
+    overlay's Serve settings and HTTP options, then wait for SIGTERM."""
+    import floor
+    from repoctl.local_run import deploy, local_overlay, start_ray
+
+    overlay = local_overlay(env, ROOT / ".cache" / "bundle", port)
+    # Serve's replicas import floor.py by name.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), os.environ.get("PYTHONPATH")]))
+    _stop_on_sigterm()
+    import ray
+    from ray import serve
+
+    try:
+        start_ray(1, serve_env=overlay.serve_env)
+        deploy(floor.serve_config(overlay.config, hops))
+        print("ready", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+
+
+def run_floor_baseline(port: int) -> int:
+    import floor
+    import uvicorn
+
+    uvicorn.run(floor.baseline_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return 0
 
 
 def baseline_app(bundle: Path, env: str) -> Any:
