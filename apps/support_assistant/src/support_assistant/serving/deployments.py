@@ -90,6 +90,33 @@ def _unless_expired(stage: str, result: R | _Expired) -> R:
     return result
 
 
+class BatchWait:
+    """When a batch waits for company: Serve's @serve.batch waits batch_wait_timeout_s after a batch's
+    first request for more, even when that request is the only one in the replica and nothing else
+    is coming. Here a request that finds no other request in the replica is batched at once (wait
+    0); while others are in flight the configured wait applies, so batches still fill under load.
+    The replica's event loop runs every request, so the count needs no lock."""
+
+    def __init__(self, set_wait_s: Callable[[float], None]) -> None:
+        self._set_wait_s = set_wait_s
+        self.wait_s = 0.0
+        self.in_flight = 0
+
+    def configure(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Around one request's call of the batched method (Serve reads the wait when the batch
+        it starts takes its first request)."""
+        self.in_flight += 1
+        try:
+            self._set_wait_s(self.wait_s if self.in_flight > 1 else 0.0)
+            yield
+        finally:
+            self.in_flight -= 1
+
+
 @contextmanager
 def counting_load_failures(metrics: StageMetrics, model: str) -> Iterator[None]:
     """Counts a failed bundle or model load (SupportAssistantModelLoadFailure) and re-raises it."""
@@ -166,11 +193,12 @@ class RerankerDeployment:
         with counting_load_failures(self.metrics, "reranker"):
             self.stage = load_reranker_stage(load_bundle(bundle_dir))
             require_cuda_when_given_a_gpu("reranker", self.stage.provider)
+        self.batch_wait = BatchWait(self.rerank_batch.set_batch_wait_timeout_s)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = parse(RerankerConfig, user_config, "Reranker.user_config")
         self.rerank_batch.set_max_batch_size(config.max_batch_size)
-        self.rerank_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.batch_wait.configure(config.batch_wait_timeout_s)
 
     async def check_health(self) -> None:
         # One tiny inference through the real session: a broken session fails the probe and Serve
@@ -185,7 +213,8 @@ class RerankerDeployment:
 
     async def __call__(self, request: RerankRequest, deadline_s: float | None = None) -> Reranked:
         _refuse_if_expired("reranker", deadline_s)
-        return _unless_expired("reranker", await self.rerank_batch(request, deadline_s))
+        with self.batch_wait.request():
+            return _unless_expired("reranker", await self.rerank_batch(request, deadline_s))
 
 
 @serve.deployment(name="Generator")
@@ -195,6 +224,7 @@ class GeneratorDeployment:
         yield_cpu_to_the_front()
         self.bundle_dir = bundle_dir
         self.generator: Any = None
+        self.batch_wait = BatchWait(self.generate_batch.set_batch_wait_timeout_s)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = parse(GeneratorConfig, user_config, "Generator.user_config")
@@ -206,7 +236,7 @@ class GeneratorDeployment:
         else:
             configure_generator(self.generator, config)
         self.generate_batch.set_max_batch_size(config.max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.batch_wait.configure(config.batch_wait_timeout_s)
 
     async def check_health(self) -> None:
         if self.generator is None:
@@ -228,4 +258,5 @@ class GeneratorDeployment:
         if self.generator is None:
             raise RuntimeError("Generator: no user_config in serveConfigV2")
         _refuse_if_expired("generator", deadline_s)
-        return _unless_expired("generator", await self.generate_batch(request, deadline_s))
+        with self.batch_wait.request():
+            return _unless_expired("generator", await self.generate_batch(request, deadline_s))
