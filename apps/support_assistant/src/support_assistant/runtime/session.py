@@ -20,7 +20,7 @@ THREADS_ENV = "SUPPORT_ASSISTANT_ORT_THREADS"
 # "1" lets idle intra-op threads spin instead of sleeping (ORT's session.intra_op.allow_spinning).
 # Off by default: a spinning thread keeps a core busy after every run, taken from whatever shares
 # the cores; worth it only where a replica's sessions have their cores to themselves
-# (docs/benchmarks.md section 4: 1.40x for a lone 16-token question on 2 threads).
+# (docs/benchmarks.md section 4: 1.36-1.40x for a lone 16-token question on 2 threads).
 SPIN_ENV = "SUPPORT_ASSISTANT_ORT_SPIN"
 # Ray sets OMP_NUM_THREADS in every worker process (ray._private.utils.set_omp_num_threads_if_unset,
 # Ray 2.60) to the actor's num_cpus, floored, at least 1, unless the environment already sets it: so
