@@ -43,6 +43,11 @@ def test_downstream_queues_hold_what_the_ingress_admits(serve_config):
     for name in ("Retriever", *MODEL_STAGES):
         d = deployments[name]
         assert admitted <= d["max_ongoing_requests"] + d["max_queued_requests"], (env, name)
+        # Serve's router counts a request as queued while it is choosing a replica for it, even
+        # with room in the replica (Ray 2.60 router.py wrap_request_assignment): every admitted
+        # request may be there at once, so a smaller queue refuses some of a full but healthy load
+        # (32 clients got a few "queue is full" 503s from a Reranker queue of 16).
+        assert d["max_queued_requests"] >= admitted, (env, name)
     # Serve's own limit at the ingress sits above the gate, so the gate (JSON, names the stage)
     # answers first and the proxy's plain-text 503 is only the last resort.
     assert deployments["Ingress"]["max_ongoing_requests"] > admitted
