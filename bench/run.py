@@ -115,11 +115,14 @@ def floor(args: argparse.Namespace) -> dict[str, Any]:
                 rows.append({"server": label, "hops": hops, **row})
     print_table("floor: the pipeline's shape with no work in it", rows, PIPELINE_COLUMNS)
     uvicorn = {r["concurrency"]: r for r in rows if r["server"] == runs[0][0]}
-    comparison = [{"server": r["server"], "concurrency": r["concurrency"],
-                   "added_p50_ms": round(r["p50_ms"] - base["p50_ms"], 2),
-                   "over_uvicorn_throughput": round(r["requests_per_s"] / base["requests_per_s"], 2)}
-                  for r in rows if r["server"] != runs[0][0]
-                  for base in [uvicorn[r["concurrency"]]] if base["requests_per_s"]]
+    comparison = []
+    for row in rows:
+        base = uvicorn[row["concurrency"]]
+        if row is base or not base["requests_per_s"]:
+            continue
+        comparison.append({"server": row["server"], "concurrency": row["concurrency"],
+                           "added_p50_ms": round(row["p50_ms"] - base["p50_ms"], 2),
+                           "over_uvicorn_throughput": round(row["requests_per_s"] / base["requests_per_s"], 2)})
     print_table("floor: Serve against one uvicorn process, both doing nothing", comparison)
     return {"rows": rows, "comparison": comparison, "env": args.env, "warmup_s": args.warmup,
             "seconds_per_level": args.seconds}
@@ -323,7 +326,7 @@ def main() -> int:
         if internal[0] == "_baseline":
             return servers.run_baseline(args.port, args.bundle, args.env)
         if internal[0] == "_floor_serve":
-            return servers.run_floor_serve(args.port, args.env, args.hops)
+            return servers.run_floor_serve(args.port, args.bundle, args.env, args.hops)
         if internal[0] == "_floor_baseline":
             return servers.run_floor_baseline(args.port)
         if internal[0] == "_batching":

@@ -141,13 +141,13 @@ def run_serve(port: int, bundle: Path, env: str, overrides: dict[str, Any]) -> i
             ray.shutdown()
 
 
-def run_floor_serve(port: int, env: str, hops: int) -> int:
+def run_floor_serve(port: int, bundle: Path, env: str, hops: int) -> int:
     """Child: the floor app (bench/floor.py) on a local Ray started as `make run` starts it, with the
-    overlay's Serve settings and HTTP options, then wait for SIGTERM."""
+    overlay's Serve settings and HTTP options, then wait for SIGTERM (the bundle is not loaded)."""
     import floor
     from repoctl.local_run import deploy, local_overlay, start_ray
 
-    overlay = local_overlay(env, ROOT / ".cache" / "bundle", port)
+    overlay = local_overlay(env, bundle, port)
     # Serve's replicas import floor.py by name.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), os.environ.get("PYTHONPATH")]))
     _stop_on_sigterm()
