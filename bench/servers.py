@@ -117,18 +117,17 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_serve(port: int, bundle: Path, env: str, overrides: dict[str, Any]) -> int:
-    """Child: deploy the overlay on a local Ray exactly as `make run` does, then wait for SIGTERM."""
-    from repoctl.local_run import deploy, local_overlay, logical_cpus_needed, start_ray
+def _serve_until_sigterm(num_cpus: int, serve_env: dict[str, str], config: dict[str, Any]) -> int:
+    """Start a local Ray as `make run` does (with the overlay's Serve settings), deploy `config`,
+    then wait for SIGTERM and shut Serve and Ray down."""
+    from repoctl.local_run import deploy, start_ray
 
-    overlay = local_overlay(env, bundle, port)
-    config = apply_overrides(overlay.config, overrides)
     _stop_on_sigterm()
     import ray
     from ray import serve
 
     try:
-        start_ray(logical_cpus_needed(config), serve_env=overlay.serve_env)
+        start_ray(num_cpus, serve_env=serve_env)
         deploy(config)
         print("ready", flush=True)
         while True:
@@ -141,39 +140,39 @@ def run_serve(port: int, bundle: Path, env: str, overrides: dict[str, Any]) -> i
             ray.shutdown()
 
 
+def _serve_with_uvicorn(app: Any, port: int) -> int:
+    import uvicorn
+
+    # uvicorn handles SIGTERM itself (graceful exit).
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return 0
+
+
+def run_serve(port: int, bundle: Path, env: str, overrides: dict[str, Any]) -> int:
+    """Child: deploy the overlay on a local Ray exactly as `make run` does, then wait for SIGTERM."""
+    from repoctl.local_run import local_overlay, logical_cpus_needed
+
+    overlay = local_overlay(env, bundle, port)
+    config = apply_overrides(overlay.config, overrides)
+    return _serve_until_sigterm(logical_cpus_needed(config), overlay.serve_env, config)
+
+
 def run_floor_serve(port: int, bundle: Path, env: str, hops: int) -> int:
-    """Child: the floor app (bench/floor.py) on a local Ray started as `make run` starts it, with the
-    overlay's Serve settings and HTTP options, then wait for SIGTERM (the bundle is not loaded)."""
+    """Child: the floor app (bench/floor.py) on a local Ray with the overlay's Serve settings and
+    HTTP options, then wait for SIGTERM (the bundle is not loaded)."""
     import floor
-    from repoctl.local_run import deploy, local_overlay, start_ray
+    from repoctl.local_run import local_overlay
 
     overlay = local_overlay(env, bundle, port)
     # Serve's replicas import floor.py by name.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), os.environ.get("PYTHONPATH")]))
-    _stop_on_sigterm()
-    import ray
-    from ray import serve
-
-    try:
-        start_ray(1, serve_env=overlay.serve_env)
-        deploy(floor.serve_config(overlay.config, hops))
-        print("ready", flush=True)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
+    return _serve_until_sigterm(1, overlay.serve_env, floor.serve_config(overlay.config, hops))
 
 
 def run_floor_baseline(port: int) -> int:
     import floor
-    import uvicorn
 
-    uvicorn.run(floor.baseline_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    return 0
+    return _serve_with_uvicorn(floor.baseline_app(), port)
 
 
 def baseline_app(bundle: Path, env: str) -> Any:
@@ -211,11 +210,7 @@ def baseline_app(bundle: Path, env: str) -> Any:
 
 
 def run_baseline(port: int, bundle: Path, env: str) -> int:
-    import uvicorn
-
-    # uvicorn handles SIGTERM itself (graceful exit).
-    uvicorn.run(baseline_app(bundle, env), host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    return 0
+    return _serve_with_uvicorn(baseline_app(bundle, env), port)
 
 
 def nocache_bundle(bundle: Path) -> Path:
