@@ -161,6 +161,10 @@ class Decoder:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens the model reads for `prompt` (special tokens added as generate() adds them)."""
+        return len(self.tokenizer.encode(prompt, add_special_tokens=self.config.add_special_tokens).ids)
+
     def truncate_to_tokens(self, text: str, n: int) -> str:
         """The longest prefix of `text` that is at most `n` tokens, cut on a token boundary."""
         if n <= 0:
