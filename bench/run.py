@@ -16,7 +16,9 @@ versions, models, provider, git commit and the exact command):
   batching   the Reranker deployment alone at 32 clients: its @serve.batch vs max_batch_size=1
   reranker   encoder pairs/s vs batch and sequence length, fp32 vs int8 (dynamic quantization),
              threads 1/2, GFLOP/s against a MatMul peak measured in the same run; int8 ranking agreement
-  generator  decoder tokens/s with and without KV cache, by batch size (tests' decoder layout)
+  generator  SmolLM2-135M-Instruct (local bundle): TTFT and decode tokens/s at batch 1/4/8, fp32 vs 4-bit
+             graphs vs llama.cpp on the same GGUF (bench/llm.py), greedy agreement, memory per replica;
+             and tokens/s with and without KV cache on the tests' decoder layout
   quality    recall@1/@3 and MRR on bench/questions.yaml: BM25 alone, + fp32 rerank, + int8 rerank
 
 Servers listen on 127.0.0.1 only and are started and stopped by this script; load is closed-loop,
@@ -252,7 +254,46 @@ def _corpus_texts(index_dir: Path) -> list[str]:
 
 def generator(args: argparse.Namespace) -> dict[str, Any]:
     import kernels
+    import llm
 
+    # The local bundle's SmolLM2-135M-Instruct: fp32 and 4-bit graphs against llama.cpp on the same GGUF.
+    threads, repeats = 2, 3
+    speed_rows, speeds = [], {}
+    for name, path in llm.graphs().items():
+        # Replicas run with spinning off (runtime/session.py); llama.cpp's threads spin, so the
+        # shipped graph is measured both ways.
+        for spinning in (False, True) if name.startswith("q4 (shipped") else (False,):
+            rows = llm.onnx_speed(path, threads, spinning, repeats)
+            speeds[(name, spinning)] = rows
+            for r in rows:
+                speed_rows.append({"engine": f"ONNX Runtime {name}", "spinning": spinning, **r})
+    cpp = llm.llama_cpp_speed(threads, repeats)
+    speed_rows.append({"engine": f"llama.cpp {cpp.get('version', '')} (same GGUF)", "spinning": True, "batch": 1,
+                       "ttft_ms_400": cpp.get("ttft_ms_400"), "decode_tokens_per_s": cpp.get("decode_tokens_per_s")})
+    print_table(f"generator: SmolLM2-135M-Instruct, {threads} threads, TTFT for a {llm.TTFT_PROMPT_TOKENS}-token "
+                f"prompt, decode of {llm.NEW_TOKENS} tokens after {llm.DECODE_PROMPT_TOKENS} "
+                "(aggregate over the batch)", speed_rows)
+    if "error" in cpp:
+        print(f"llama.cpp: {cpp['error']}")
+    scaling = []
+    for (name, spinning), rows in speeds.items():
+        one = rows[0]["decode_tokens_per_s"]
+        scaling.append({"graph": name, "spinning": spinning, "batch1_tokens_per_s": one,
+                        "batch8_tokens_per_s": rows[-1]["decode_tokens_per_s"],
+                        "batch8_over_batch1": round(rows[-1]["decode_tokens_per_s"] / one, 2),
+                        "batch1_over_llama_cpp": round(one / cpp["decode_tokens_per_s"], 2)
+                        if cpp.get("decode_tokens_per_s") else None})
+    print_table("generator: batch scaling and ratio to llama.cpp", scaling)
+    questions = [q for q, _ in load_questions()]
+    graphs = llm.graphs()
+    fp32 = graphs.pop("fp32")
+    agreement = [{"graph": name, **llm.agreement(fp32, path, questions, threads)} for name, path in graphs.items()]
+    print_table(f"generator: greedy agreement with fp32, teacher-forced, {llm.AGREEMENT_STEPS} steps x "
+                f"{len(questions)} labelled questions", agreement)
+    memory = [{"weights": w, **llm.memory_per_replica(llm.generator_dir(w))} for w in ("fp32", "q4")]
+    print_table("generator: memory per replica (Decoder alone, batch 8 x (400 + 64) tokens)", memory)
+
+    # The tests' decoder layout: what the KV cache saves, independent of weights.
     decoder_dir = kernels.build_test_decoder_dir()
     rows = []
     for batch in (1, 4, 8):
@@ -265,7 +306,9 @@ def generator(args: argparse.Namespace) -> dict[str, Any]:
         plain = next(r for r in rows if r["batch"] == batch and not r["kv_cache"])
         ratios.append({"batch": batch, "kv_cache_speedup": round(cached["tokens_per_s"] / plain["tokens_per_s"], 2)})
     print_table("generator: KV cache speed-up", ratios)
-    return {"rows": rows, "kv_cache_speedup": ratios, "decoder": "tests/testmodels/decoder.py layout"}
+    return {"smollm2": {"speed": speed_rows, "scaling": scaling, "llama_cpp": cpp, "agreement": agreement,
+                        "memory": memory, "threads": threads},
+            "rows": rows, "kv_cache_speedup": ratios, "decoder": "tests/testmodels/decoder.py layout"}
 
 
 def quality(args: argparse.Namespace) -> dict[str, Any]:

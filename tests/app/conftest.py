@@ -19,7 +19,8 @@ BASE_SERVE_CONFIG = ROOT / "base" / "support-assistant" / "serve-config.yaml"
 
 @pytest.fixture(scope="session")
 def local_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    """What `make bundle` builds: real all-MiniLM-L6-v2 + BM25 index over docs/runbooks, no LM."""
+    """What `make bundle` builds: real all-MiniLM-L6-v2, SmolLM2-135M-Instruct (4-bit ONNX decoder from
+    the GGUF) and the BM25 index over docs/runbooks."""
     return build_bundle(tmp_path_factory.mktemp("bundle") / "local", profile="local", corpus_dir=RUNBOOKS)
 
 

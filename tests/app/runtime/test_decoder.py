@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from support_assistant.runtime.decoder import Decoder, Generation, GenerationConfig
+from support_assistant.runtime.decoder import DecodeBatch, Decoder, Generation, GenerationConfig
 from testmodels.decoder import (
     EOS_ID,
     MAX_CONTEXT,
@@ -159,3 +159,42 @@ def test_generation_config_validation(tmp_path: Path, test_decoder_dir: Path) ->
     broken = _copy_with_generation(test_decoder_dir, tmp_path / "layers", num_layers=3)
     with pytest.raises(ValueError, match="3 layers"):
         Decoder(broken)
+
+
+def test_sequences_that_join_a_running_batch_decode_as_alone(decoder: Decoder) -> None:
+    """Continuous batching: a prompt added between two steps of others, and one removed midway,
+    leave every other row's tokens exactly what that prompt gets alone."""
+    alone = [decoder.generate([p], max_new_tokens=12)[0] for p in PROMPTS]
+    batch = DecodeBatch(decoder)
+    seqs = [decoder.new_sequence(p, 12) for p in PROMPTS]
+    quitter = decoder.new_sequence("This one leaves early.", 12)
+    batch.add([seqs[0], quitter])
+    batch.step()
+    batch.add([seqs[1]])
+    batch.step()
+    batch.step()
+    batch.remove(quitter)
+    batch.add(seqs[2:])
+    while batch:
+        batch.step()
+    assert [decoder.result(s) for s in seqs] == alone
+    # Drew its first token at prefill, then one per step until it was removed.
+    assert quitter.finish is None and len(quitter.generated) == 4
+
+
+def test_a_long_row_that_leaves_takes_its_padding_with_it(decoder: Decoder) -> None:
+    batch = DecodeBatch(decoder)
+    short, long = decoder.new_sequence("Hi", 8), decoder.new_sequence(PROMPTS[2], 8)
+    batch.add([short, long])
+    batch.step()
+    assert batch.cache_len == long.prompt_tokens + 1
+    batch.remove(long)
+    # Only the short row's own columns stay: its prompt and the one token fed since.
+    assert batch.cache_len == short.prompt_tokens + 1
+
+
+def test_a_sequence_with_no_budget_never_joins(decoder: Decoder) -> None:
+    batch = DecodeBatch(decoder)
+    seq = decoder.new_sequence("Hi", 0)
+    batch.add([seq])
+    assert not batch and seq.finish == "length" and decoder.result(seq).tokens == 0

@@ -4,7 +4,14 @@ import pytest
 from support_assistant.runtime.decoder import Decoder
 from support_assistant.runtime.encoder import load_reranker
 from support_assistant.schema import GenerationRequest, RankedPassage
-from support_assistant.stages.generator import PROMPT_STOP, AbstractiveGenerator, ExtractiveGenerator, split_sentences
+from support_assistant.stages.generator import (
+    PROMPT_STOP,
+    PROMPT_SYSTEM,
+    AbstractiveGenerator,
+    ExtractiveGenerator,
+    split_sentences,
+)
+from support_assistant.stages.grounding import GroundingGuard
 
 PASSAGES = [
     RankedPassage(id=0, source="a.md", title="GPU pods Pending", section="Symptom",
@@ -54,32 +61,64 @@ def decoder(test_bundle):
     return Decoder(test_bundle.generator_dir)
 
 
-def test_abstractive_prompt_is_capped_in_tokens(decoder):
+@pytest.fixture(scope="module")
+def encoder(local_bundle):
+    return load_reranker(local_bundle.reranker_dir, "bi-encoder")
+
+
+def _abstractive(decoder, encoder, **settings) -> AbstractiveGenerator:
+    return AbstractiveGenerator(decoder, GroundingGuard(encoder, threshold=0.7),
+                                ExtractiveGenerator(encoder, sentences=2), **settings)
+
+
+def test_abstractive_prompt_cuts_passages_to_the_budget(decoder, encoder):
     long_passages = [replace(PASSAGES[0], text="pending " * 400) for _ in range(5)]
-    generator = AbstractiveGenerator(decoder, max_prompt_tokens=300, max_new_tokens=8)
+    generator = _abstractive(decoder, encoder, max_prompt_tokens=600, max_new_tokens=8)
     prompt = generator.build_prompt("why pending?", long_passages)
-    assert decoder.count_tokens(prompt) <= 300
-    assert "[1]" in prompt and "why pending?" in prompt
+    assert prompt.tokens == decoder.prompt_tokens(prompt.text) <= 600
+    assert "[1]" in prompt.text and "why pending?" in prompt.text and prompt.passages == 1
+    assert prompt.text.startswith(decoder.format_chat("", system=PROMPT_SYSTEM).split("\n")[0])
 
 
-def test_abstractive_batched_equals_single(decoder):
-    generator = AbstractiveGenerator(decoder, max_prompt_tokens=400, max_new_tokens=12)
+def test_abstractive_prompt_never_cuts_the_question(decoder, encoder):
+    question = "why is the worker pod pending " * 20 + "and what do I check first?"
+    generator = _abstractive(decoder, encoder, max_prompt_tokens=600, max_new_tokens=8)
+    prompt = generator.build_prompt(question, PASSAGES)
+    # The question alone is over the budget: no excerpt fits, the question is whole.
+    assert question in prompt.text and prompt.passages == 0 and prompt.tokens > 600
+
+
+def test_abstractive_batched_equals_single(decoder, encoder):
+    generator = _abstractive(decoder, encoder, max_prompt_tokens=900, max_new_tokens=12)
     requests = [GenerationRequest("gpu pending?", PASSAGES), GenerationRequest("oom?", PASSAGES[1:])]
     batched = generator.answer_many(requests)
     assert batched == [generator.answer_many([r])[0] for r in requests]
-    assert all(a.mode == "abstractive" and 0 < a.tokens <= 12 for a in batched)
+    assert all(0 < a.tokens <= 12 for a in batched)
 
 
-def test_abstractive_reports_what_the_decoder_did(decoder):
-    """The answer carries the decoder's own token count and finish reason, not a constant."""
-    generator = AbstractiveGenerator(decoder, max_prompt_tokens=400, max_new_tokens=5)
+def test_abstractive_reports_what_the_decoder_did(decoder, encoder):
+    """The answer carries the decoder's own token count, finish reason and prompt size, not constants."""
+    generator = _abstractive(decoder, encoder, max_prompt_tokens=900, max_new_tokens=5)
     request = GenerationRequest("gpu pending?", PASSAGES)
     answer = generator.answer_many([request])[0]
-    expected = decoder.generate([generator.build_prompt(request.question, request.passages)], max_new_tokens=5,
-                                stop=PROMPT_STOP, temperature=0.0)[0]
+    prompt = generator.build_prompt(request.question, request.passages)
+    expected = decoder.generate([prompt.text], max_new_tokens=5, stop=PROMPT_STOP, temperature=0.0)[0]
     assert (answer.tokens, answer.finish_reason) == (expected.tokens, expected.finish_reason)
+    assert answer.prompt_tokens == prompt.tokens > 0
     assert 0 < answer.tokens <= 5
     assert answer.provider == "CPUExecutionProvider"
+
+
+def test_gibberish_from_the_model_falls_back_to_the_extractive_answer(decoder, encoder):
+    """The test decoder writes random characters: nothing is supported, so the answer is the
+    extractive one, marked as a fallback with the reason, and still cited."""
+    generator = _abstractive(decoder, encoder, max_prompt_tokens=900, max_new_tokens=24)
+    request = GenerationRequest("why is my gpu pod pending", PASSAGES)
+    answer = generator.answer_many([request])[0]
+    assert answer.mode == "extractive_fallback"
+    assert answer.fallback_reason and ("supported" in answer.fallback_reason or "nothing" in answer.fallback_reason)
+    assert answer.text == generator.fallback.answer(request).text and answer.cited
+    assert answer.tokens > 0 and answer.draft is not None
 
 
 def test_extractive_with_cached_vectors_answers_as_without(local_bundle):

@@ -20,6 +20,7 @@ from support_assistant.runtime.embeddings import CachedVectors, EmbeddingsError,
 from support_assistant.runtime.encoder import load_reranker
 from support_assistant.schema import GenerationRequest, RerankRequest
 from support_assistant.stages.generator import AbstractiveGenerator, ExtractiveGenerator
+from support_assistant.stages.grounding import GroundingGuard
 from support_assistant.stages.normalizer import Normalizer
 from support_assistant.stages.reranker import RerankStage
 from support_assistant.stages.retriever import Retriever
@@ -52,15 +53,29 @@ def load_reranker_stage(bundle: Bundle, vectors: CachedVectors | None = None, *,
 
 
 def load_generator(bundle: Bundle, config: GeneratorConfig, vectors: CachedVectors | None = None) -> Generator:
-    """Abstractive when the bundle holds a language model, else extractive over the reranker's encoder."""
-    generator: Generator
-    if bundle.generator_dir is not None:
-        generator = AbstractiveGenerator(Decoder(bundle.generator_dir))
-    else:
-        generator = ExtractiveGenerator(load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"]),
-                                        vectors=vectors if vectors is not None else load_vectors(bundle))
+    """Abstractive when the bundle holds a language model (and the config lets it run), guarded by
+    the reranker's encoder, with the extractive generator over that same encoder as the fallback;
+    else extractive."""
+    vectors = vectors if vectors is not None else load_vectors(bundle)
+    encoder = load_reranker(bundle.reranker_dir, bundle.models["reranker"]["kind"])
+    extractive = ExtractiveGenerator(encoder, vectors=vectors, model=bundle.models["reranker"]["name"])
+    generator: Generator = extractive
+    if bundle.generator_dir is not None and config.use_language_model:
+        guard = GroundingGuard(encoder, grounding_threshold(bundle, config), vectors=extractive.vectors)
+        generator = AbstractiveGenerator(Decoder(bundle.generator_dir), guard, extractive)
     configure_generator(generator, config)
     return generator
+
+
+def grounding_threshold(bundle: Bundle, config: GeneratorConfig) -> float:
+    """The guard's threshold for the bundle's encoder. None calibrated for it: the replica refuses to
+    start rather than let the language model answer unguarded (or guarded by another model's scale)."""
+    encoder = bundle.models["reranker"]
+    if encoder["name"] not in config.grounding_thresholds:
+        raise BundleError(f"Generator.user_config.grounding_thresholds has no threshold for {encoder['name']}, "
+                          "the bundle's sentence encoder: calibrate one (bench/guard_calibration.py) before "
+                          "the language model may answer")
+    return config.grounding_thresholds[encoder["name"]]
 
 
 def configure_generator(generator: Generator, config: GeneratorConfig) -> None:
@@ -68,6 +83,7 @@ def configure_generator(generator: Generator, config: GeneratorConfig) -> None:
         generator.max_new_tokens = config.max_new_tokens
         generator.max_prompt_tokens = config.max_prompt_tokens
         generator.temperature = config.temperature
+        generator.fallback.sentences = config.answer_sentences
     else:
         generator.sentences = config.answer_sentences
 

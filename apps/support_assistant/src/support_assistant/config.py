@@ -101,11 +101,19 @@ class RerankerConfig(BatchingConfig):
 
 
 class GeneratorConfig(BatchingConfig):
+    # False: answer extractively even when the bundle holds a language model (a load test, or a
+    # rollback that keeps the bundle).
+    use_language_model: bool
     # Abstractive mode (a language model in the bundle).
     max_new_tokens: PositiveInt
     max_prompt_tokens: PositiveInt
     temperature: float = Field(ge=0.0, le=2.0)
-    # Extractive mode (no language model): sentences in the answer.
+    # The grounding guard's threshold for each sentence encoder it may run with (the bundle's
+    # reranker model, by name): a generated sentence whose best support is below it is dropped.
+    # Calibrated on the labelled questions per encoder (bench/guard_calibration.py); a bundle whose
+    # encoder has no entry cannot run the language model unguarded, so its replica refuses to start.
+    grounding_thresholds: dict[str, float]
+    # Extractive mode (no language model), and the fallback: sentences in the answer.
     answer_sentences: PositiveInt
 
 

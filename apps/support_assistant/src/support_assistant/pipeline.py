@@ -115,13 +115,21 @@ async def answer(request: ParsedRequest, stages: Stages, timeouts_s: dict[str, f
             generator_mode=generated.mode,
             sources=[_source(rank, p) for rank, p in enumerate(reranked.passages, start=1)],
             retrieval="ok",
-            generation={"tokens": generated.tokens, "finish_reason": generated.finish_reason,
-                        "cited": generated.cited},
+            generation=generation_info(generated),
             providers={"reranker": reranked.provider, "generator": generated.provider},
         )
     timings["total"] = round((time.perf_counter() - started) * 1000, 2)
     result["timings_ms"] = timings
     return result
+
+
+def generation_info(generated: Answer) -> dict[str, Any]:
+    """The response's `generation` object (api.Generation): what the generator did. The model's
+    draft stays out of it: the guard dropped what no passage supports, and a client must not show it."""
+    return {"tokens": generated.tokens, "finish_reason": generated.finish_reason, "cited": generated.cited,
+            "model": generated.model, "prompt_tokens": generated.prompt_tokens, "truncated": generated.truncated,
+            "unsupported_sentences": generated.unsupported_sentences,
+            "invalid_citations": generated.invalid_citations, "fallback_reason": generated.fallback_reason}
 
 
 def _source(rank: int, passage: RankedPassage) -> dict[str, Any]:

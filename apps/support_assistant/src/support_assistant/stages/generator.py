@@ -1,12 +1,14 @@
 """Generator stage: drafts the answer from the reranked passages, citing them by number.
 
-Two modes, chosen by what the model bundle holds:
-- abstractive: a decoder-only language model (ONNX, KV cache) writes the answer from a prompt
-  built from the passages, capped in tokens. What production images run.
-- extractive: no language model in the bundle; the answer is the passages' sentences most
+Two modes, chosen by what the model bundle holds (and Generator.user_config.use_language_model):
+- abstractive: a decoder-only language model (ONNX, KV cache) writes the answer from a ChatML
+  prompt built from the passages, capped in tokens, and the grounding guard (stages/grounding.py)
+  keeps only the sentences the passages support, each cited with its passage. When nothing holds,
+  the answer is the extractive one (mode extractive_fallback, with the reason). What `make run`
+  runs (SmolLM2-135M-Instruct in the local bundle) and what production images run.
+- extractive: no language model; the answer is the passages' sentences most
   relevant to the question, chosen with the ONNX encoder (with a small preference for better
-  ranked passages) and read in passage-rank order, each cited. What a laptop gets from
-  `make run` (the bundle holds only the real all-MiniLM-L6-v2 encoder). The bundle caches every
+  ranked passages) and read in passage-rank order, each cited. The bundle caches every
   passage's sentence vectors (support_assistant.runtime.embeddings), so a request embeds only its
   question, and not even that when the reranker handed its vector on from the same graph
   (schema.QuestionVector); sentences the cache does not hold are embedded as before.
@@ -16,44 +18,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from support_assistant.runtime.decoder import Decoder, Generation, SequenceState
 from support_assistant.runtime.embeddings import CachedVectors
 from support_assistant.schema import Answer, GenerationRequest, QuestionVector, RankedPassage
+from support_assistant.stages.grounding import Grounded, GroundingGuard
 from support_assistant.stages.reranker import Scorer
+from support_assistant.stages.sentences import split_sentences
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`\"'(])")
-_FENCE = re.compile(r"```.*?```", re.DOTALL)
-# List markers and bold/italic asterisks; underscores stay (they are part of metric and field names).
-_MARKUP = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+|\*{1,2}(?=\S)|(?<=\S)\*{1,2}")
+__all__ = ["AbstractiveGenerator", "ExtractiveGenerator", "split_sentences"]
+
 _WORD = re.compile(r"\w+")
-_LIST_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Prose sentences and list items of a Markdown passage (code blocks and tables dropped).
-
-    Runbooks are hard-wrapped, so lines are first joined into paragraphs and list items.
-    """
-    blocks: list[str] = []
-    current: list[str] = []
-    for raw in _FENCE.sub("\n\n", text).splitlines():
-        line = raw.strip()
-        starts_item = bool(_LIST_ITEM.match(line))
-        if not line or starts_item or line.startswith(("#", "|")):
-            if current:
-                blocks.append(" ".join(current))
-            current = []
-            if line.startswith(("#", "|")) or not line:
-                continue
-        current.append(_MARKUP.sub("", line).replace("`", ""))
-    if current:
-        blocks.append(" ".join(current))
-    sentences = []
-    for block in blocks:
-        sentences.extend(s.strip() for s in _SENTENCE_END.split(block) if len(s.strip()) >= 12)
-    return sentences
 
 
 def _words(text: str) -> set[str]:
@@ -64,8 +42,9 @@ class ExtractiveGenerator:
     mode = "extractive"
 
     def __init__(self, scorer: Scorer, sentences: int = 3, rank_weight: float = 0.05,
-                 vectors: CachedVectors | None = None) -> None:
+                 vectors: CachedVectors | None = None, model: str | None = None) -> None:
         self.scorer = scorer
+        self.model = model  # the encoder's name, reported with each answer
         self.sentences = sentences
         # Small preference for sentences from passages the reranker put first.
         self.rank_weight = rank_weight
@@ -125,7 +104,8 @@ class ExtractiveGenerator:
             for position, sentence in enumerate(sentences)
         ]
         if not candidates:
-            return Answer(text="No runbook passage matches this question.", mode=self.mode, provider=self.provider)
+            return Answer(text="No runbook passage matches this question.", mode=self.mode, provider=self.provider,
+                          model=self.model)
         scores = self._sentence_scores(request, split, question)
         scores = scores - self.rank_weight * np.asarray([c[0] for c in candidates], dtype=np.float32)
         chosen: list[tuple[int, int, str]] = []
@@ -142,12 +122,13 @@ class ExtractiveGenerator:
         chosen.sort(key=lambda c: (c[0], c[1]))
         parts = [f"{s if s.endswith(('.', '!', '?')) else s + '.'} [{rank + 1}]" for rank, _, s in chosen]
         return Answer(text=" ".join(parts), mode=self.mode, cited=sorted({rank + 1 for rank, _, _ in chosen}),
-                      provider=self.provider)
+                      provider=self.provider, model=self.model)
 
 
 PROMPT_SYSTEM = (
     "You are an SRE assistant for a Ray Serve application on Kubernetes. Answer the question using only "
-    "the numbered runbook excerpts. Cite excerpts as [n]. Say which layer is failing and what to check first."
+    "the numbered runbook excerpts, in two or three short sentences. Cite excerpts as [n]. Say which layer "
+    "is failing and what to check first. If the excerpts do not answer the question, say so."
 )
 
 
@@ -155,19 +136,43 @@ PROMPT_SYSTEM = (
 PROMPT_STOP = ("\n\nQuestion:",)
 
 
-class AbstractiveGenerator:
-    mode = "abstractive"
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    tokens: int  # what the model reads, special tokens included
+    passages: int  # how many of the passages fit (the last one may be cut)
 
-    def __init__(self, decoder, max_prompt_tokens: int = 1536, max_new_tokens: int = 192,
-                 temperature: float = 0.0, stop: Sequence[str] = PROMPT_STOP) -> None:
+
+class AbstractiveGenerator:
+    """A language model writes the answer; the grounding guard keeps only what the passages support.
+
+    When nothing the model wrote is supported, the answer is the extractive one over the same
+    passages (mode "extractive_fallback", with the reason), so a question always gets a cited
+    answer and never an unsupported one.
+    """
+
+    mode = "abstractive"
+    fallback_mode = "extractive_fallback"
+
+    def __init__(self, decoder: Decoder, guard: GroundingGuard, fallback: ExtractiveGenerator,
+                 max_prompt_tokens: int = 1536, max_new_tokens: int = 192, temperature: float = 0.0,
+                 stop: Sequence[str] = PROMPT_STOP) -> None:
         self.decoder = decoder
+        self.guard = guard
+        self.fallback = fallback
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.stop = tuple(stop)
 
-    def build_prompt(self, question: str, passages: Sequence[RankedPassage]) -> str:
-        """The chat prompt, with as many excerpts as fit in max_prompt_tokens (the last one cut)."""
+    @property
+    def provider(self) -> str:
+        return self.decoder.provider
+
+    def build_prompt(self, question: str, passages: Sequence[RankedPassage]) -> Prompt:
+        """The chat prompt: system instruction, as many numbered excerpts as fit in max_prompt_tokens
+        (the last one cut on a token boundary), and the whole question, which is never cut: a
+        question too long for the budget leaves no room for excerpts instead."""
         def render(excerpts: list[str]) -> str:
             context = "\n\n".join(excerpts)
             return self.decoder.format_chat(f"Runbook excerpts:\n{context}\n\nQuestion: {question}\nAnswer:",
@@ -183,21 +188,39 @@ class AbstractiveGenerator:
                 excerpts.append(self.decoder.truncate_to_tokens(excerpt, room))
                 break
             excerpts.append(excerpt)
-        prompt = render(excerpts)
-        if self.decoder.count_tokens(prompt) > self.max_prompt_tokens:
-            # Only possible when the question alone overflows the budget.
-            prompt = self.decoder.truncate_to_tokens(prompt, self.max_prompt_tokens)
-        return prompt
+        text = render(excerpts)
+        return Prompt(text=text, tokens=self.decoder.prompt_tokens(text), passages=len(excerpts))
+
+    def start(self, request: GenerationRequest) -> tuple[Prompt, SequenceState]:
+        """The prompt and its decoding state, for a caller that drives the decode (serving's batcher)."""
+        prompt = self.build_prompt(request.question, request.passages)
+        return prompt, self.decoder.new_sequence(prompt.text, self.max_new_tokens, self.stop, self.temperature)
 
     def answer_many(self, requests: Sequence[GenerationRequest]) -> list[Answer]:
         prompts = [self.build_prompt(r.question, r.passages) for r in requests]
-        generations = self.decoder.generate(prompts, max_new_tokens=self.max_new_tokens, stop=self.stop,
-                                            temperature=self.temperature)
-        answers = []
-        for request, generation in zip(requests, generations, strict=True):
-            cited = sorted({int(n) for n in re.findall(r"\[(\d+)\]", generation.text)
-                            if 1 <= int(n) <= len(request.passages)})
-            answers.append(Answer(text=generation.text.strip(), mode=self.mode, tokens=generation.tokens,
-                                  finish_reason=generation.finish_reason, cited=cited,
-                                  provider=self.decoder.provider))
-        return answers
+        generations = self.decoder.generate([p.text for p in prompts], max_new_tokens=self.max_new_tokens,
+                                            stop=self.stop, temperature=self.temperature)
+        return [self.finish(r, p, g) for r, p, g in zip(requests, prompts, generations, strict=True)]
+
+    def finish(self, request: GenerationRequest, prompt: Prompt, generation: Generation,
+               truncated: bool = False) -> Answer:
+        """The guarded answer from what the model generated (or, when nothing holds, the fallback)."""
+        grounded = self.guard.check(generation.text, request.passages[: max(prompt.passages, 1)])
+        common = {"tokens": generation.tokens, "finish_reason": generation.finish_reason, "truncated": truncated,
+                  "prompt_tokens": prompt.tokens, "unsupported_sentences": len(grounded.dropped),
+                  "invalid_citations": grounded.invalid_citations, "draft": generation.text.strip()}
+        if grounded.kept:
+            return Answer(text=grounded.text, mode=self.mode, cited=grounded.cited, provider=self.provider,
+                          model=self.decoder.name, **common)
+        reason = _fallback_reason(generation, grounded)
+        extractive = self.fallback.answer(request)
+        return Answer(text=extractive.text, mode=self.fallback_mode, cited=extractive.cited, provider=self.provider,
+                      model=extractive.model, fallback_reason=reason, **common)
+
+
+def _fallback_reason(generation: Generation, grounded: Grounded) -> str:
+    if not generation.text.strip():
+        return "the model wrote nothing" + (" before its budget ended" if generation.finish_reason == "length" else "")
+    best = max((d.score for d in grounded.dropped), default=0.0)
+    return (f"no generated sentence is supported by the passages ({len(grounded.dropped)} dropped, "
+            f"best support {best:.2f})")
