@@ -102,6 +102,14 @@ wrapper_build kubernetes k8s.io/kubernetes "$KUBERNETES_SERVER_VERSION" "$k8s_ld
   kube-apiserver:k8s.io/kubernetes/cmd/kube-apiserver kubectl:k8s.io/kubernetes/cmd/kubectl
 # The KubeRay operator: its module has no replace directives (binary: bin/ray-operator).
 go_tool ray-operator github.com/ray-project/kuberay/ray-operator "$KUBERAY_VERSION"
+# Flux's controllers for the local sync (docs/flux.md): their go.mod files replace modules, so each has a
+# wrapper module too (tools/controlplane/<name>-controller, written by pin.sh). Cold: a few minutes together.
+wrapper_build source-controller github.com/fluxcd/source-controller "$FLUX_SOURCE_CONTROLLER_VERSION" "-s -w" \
+  source-controller:github.com/fluxcd/source-controller
+wrapper_build kustomize-controller github.com/fluxcd/kustomize-controller "$FLUX_KUSTOMIZE_CONTROLLER_VERSION" "-s -w" \
+  kustomize-controller:github.com/fluxcd/kustomize-controller
+wrapper_build helm-controller github.com/fluxcd/helm-controller "$FLUX_HELM_CONTROLLER_VERSION" "-s -w" \
+  helm-controller:github.com/fluxcd/helm-controller
 
 # --- 2. Python ----------------------------------------------------------------------------------------
 # Everything pip is asked for, so a change to any of it (or to the Python) reinstalls.

@@ -4,8 +4,10 @@ The session fixture `cluster` starts etcd + kube-apiserver on loopback (repoctl.
 pinned CRDs with server-side apply and the repository's ValidatingAdmissionPolicies (waiting until the
 server enforces them), and starts the real KubeRay operator watching the OPERATOR_NAMESPACES only, so that
 the apply tests' own objects (namespace support-assistant, ...) are never touched by a controller and a
-re-apply can prove it is a no-op. It is torn down at the end of the session whatever happened: the
-finalizer, an atexit hook, and PR_SET_PDEATHSIG on every child in case pytest itself is killed.
+re-apply can prove it is a no-op. `flux_controllers` adds Flux's controllers and the loopback git server
+(repoctl.flux, docs/flux.md) to the same control plane, once, for the first test that asks. It is torn
+down at the end of the session whatever happened: the finalizer, an atexit hook, and PR_SET_PDEATHSIG on
+every child in case pytest itself is killed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from kube import ENFORCE_LABEL, OPERATOR_NAMESPACES, PROBE_NAMESPACE, admission_path, apply, wait_for
+from repoctl import flux
 from repoctl.cluster import OPERATOR, ControlPlane
 from repoctl.render import kustomize_build, load_documents
 
@@ -47,3 +50,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 @pytest.fixture(scope="session")
 def operator_log(cluster: ControlPlane) -> Path:
     return cluster.logs[OPERATOR]
+
+
+# The Flux objects test_apply.py applies from clusters/flux/<env> and leaves, never reconciled.
+FLUX_KINDS = ",".join(f"{kind}.{group}.toolkit.fluxcd.io" for kind, group in (
+    ("gitrepositories", "source"), ("helmrepositories", "source"), ("kustomizations", "kustomize"),
+    ("helmreleases", "helm")))  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def flux_controllers(cluster: ControlPlane) -> flux.Flux:
+    """source-, kustomize- and helm-controller plus the git server serving the commit under test, on the
+    session's control plane, stopped with it. The apply tests' leftovers go first: no controller has
+    touched them yet (no finalizers), and Flux should start from the objects the sync tests apply."""
+    cluster.kubectl("delete", FLUX_KINDS, "--all", "-n", flux.NAMESPACE, "--ignore-not-found", "--timeout=60s")
+    return flux.start(cluster)

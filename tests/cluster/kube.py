@@ -31,8 +31,9 @@ ENFORCE_LABEL = "support-assistant.acme.dev/enforce"
 PROBE_NAMESPACE = "admission-probe"
 # Where the operator tests put each overlay's RayService (and the one KubeRay refuses); the operator
 # watches only these, so that nothing reconciles the objects the apply tests re-apply.
+# "flux": where test_flux_sync.py's own Kustomization puts overlays/dev (Flux applies it, the operator reconciles).
 OPERATOR_NAMESPACES = {"dev": "reconcile-dev", "staging": "reconcile-staging", "prod": "reconcile-prod",
-                       "invalid": "reconcile-invalid"}  # fmt: skip
+                       "invalid": "reconcile-invalid", "flux": "reconcile-flux"}  # fmt: skip
 
 
 def target_paths() -> list[str]:

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 from kube import wait_for
+from repoctl import flux
 from repoctl.cluster import OPERATOR, ControlPlane
 from repoctl.paths import ROOT, versions
 from repoctl.sockets import is_loopback, listeners
@@ -38,13 +39,19 @@ def test_validating_admission_policy_api_is_served(cluster: ControlPlane) -> Non
     assert "validatingadmissionpolicies.admissionregistration.k8s.io" in resources.split()
 
 
-def test_everything_listens_on_loopback_only(cluster: ControlPlane) -> None:
+def test_everything_listens_on_loopback_only(cluster: ControlPlane, flux_controllers: flux.Flux) -> None:
+    """Every process of the session's control plane, Flux's controllers and its git server included."""
+    assert set(cluster.pids) >= {"etcd", "kube-apiserver", OPERATOR, *flux.CONTROLLERS, flux.GIT_SERVER}
     found = listeners(list(cluster.pids.values()))
     assert found, "no listening socket found at all: the /proc reader is broken"
     assert [f for f in found if not is_loopback(f[1])] == []
-    by_pid = {pid: sorted(port for p, _, port in found if p == pid) for pid in cluster.pids.values()}
-    assert len(by_pid[cluster.pids["kube-apiserver"]]) == 1  # the secure port, nothing else
-    assert by_pid[cluster.pids[OPERATOR]] == []  # metrics and health probes are off
+    by_name = {name: sorted(port for p, _, port in found if p == pid) for name, pid in cluster.pids.items()}
+    assert len(by_name["kube-apiserver"]) == 1  # the secure port, nothing else
+    assert by_name[OPERATOR] == []  # metrics and health probes are off
+    # Flux: metrics and health probes each; source-controller also its artifact server; the git server one.
+    assert {n: len(by_name[n]) for n in (*flux.CONTROLLERS, flux.GIT_SERVER)} == {
+        "source-controller": 3, "kustomize-controller": 2, "helm-controller": 2, flux.GIT_SERVER: 1}  # fmt: skip
+    assert int(flux_controllers.storage_address.rsplit(":", 1)[1]) in by_name["source-controller"]
 
 
 def test_cluster_command_up_status_down(tmp_path: Path) -> None:

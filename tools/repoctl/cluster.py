@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from repoctl.paths import BIN, CACHE, versions
+from repoctl.paths import BIN, CACHE, ENVIRONMENTS, ROOT, versions
 from repoctl.sockets import listeners
 
 # `repoctl cluster up`: certificates, kubeconfig, etcd data, logs, state.json (REPOCTL_CLUSTER_DIR moves it)
@@ -175,12 +175,14 @@ def _alive(pid: int) -> bool:
 
 
 def _ours(pid: int) -> bool:
-    """The pid still runs one of the binaries in ./bin (guards `down` against a recycled pid)."""
+    """The pid still runs one of the binaries in ./bin, or the loopback git server of `up --flux` (guards
+    `down` against a recycled pid)."""
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return Path(exe.removesuffix(" (deleted)")).parent == BIN.resolve()
+    return Path(exe.removesuffix(" (deleted)")).parent == BIN.resolve() or argv[1:3] == [b"-m", b"repoctl.gitserver"]
 
 
 def _stop_pid(pid: int, timeout: float = 10.0) -> None:
@@ -329,6 +331,13 @@ class ControlPlane:
     def get_json(self, *args: str) -> dict:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
+    def start_process(self, name: str, argv: list[str], ready, *, env: dict[str, str] | None = None,
+                      timeout: float = 60.0) -> None:
+        """Start another process of this control plane (stopped with it, before the API server) and wait
+        until ready() is true; fails with its log's tail if it exits first."""
+        self._spawn(name, argv, env=env)
+        self._wait(name, ready, timeout)
+
     def start_operator(self, watch_namespaces: list[str] | None = None, timeout: float = 60.0) -> None:
         """The KubeRay operator as a plain process with this kubeconfig: no leader election, metrics and
         health probes off (so it listens on nothing), watching the given namespaces (default: all)."""
@@ -419,7 +428,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = actions.add_parser("up", help="start it in the background and print the KUBECONFIG to use")
     up.add_argument("--no-crds", action="store_true", help="do not install the pinned CRDs")
     up.add_argument("--no-operator", action="store_true", help="do not start the KubeRay operator")
+    up.add_argument("--flux", action="store_true",
+                    help="also start Flux (source-, kustomize-, helm-controller) and a git server serving this "
+                         "checkout's commit on loopback (docs/flux.md)")  # fmt: skip
     actions.add_parser("down", help="stop everything `up` started and delete its state")
+    sync = actions.add_parser("sync", help="after `up --flux`: publish this checkout's tree as main on the git "
+                                           "server and apply clusters/flux/<env> pointed at it")  # fmt: skip
+    sync.add_argument("--env", default="dev", choices=ENVIRONMENTS)
     actions.add_parser("status", help="what runs, where it listens, and the kubeconfig")
     parser.set_defaults(func=run)
 
@@ -438,6 +453,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"cluster: {name} pid {existing.pids[name]} {state} listening {where or '-'}")
         print(f"cluster: server {existing.server}\nexport KUBECONFIG={existing.kubeconfig}")
         return 0
+    if args.action == "sync":
+        from repoctl import flux, gitserver
+
+        state = json.loads(STATE_FILE.read_text()) if existing is not None else {}
+        if "flux" not in state or not any(existing.running().values()):
+            raise SystemExit("cluster: no Flux running: start it with `repoctl cluster up --flux`")
+        try:
+            commit = gitserver.publish(ROOT, Path(state["flux"]["git_root"]))
+            flux.sync(existing, args.env, state["flux"]["git_url"])
+        except (gitserver.GitError, ClusterError) as exc:
+            raise SystemExit(f"cluster: {exc}") from None
+        print(f"cluster: main = {commit[:12]}; clusters/flux/{args.env} applied "
+              f"(watch: bin/kubectl get gitrepositories,kustomizations,helmreleases -n {flux.NAMESPACE})")
+        return 0
     if args.action == "down":
         if existing is not None:
             existing.stop()
@@ -446,6 +475,8 @@ def run(args: argparse.Namespace) -> int:
         print("cluster: down")
         return 0
     # up
+    if args.flux and args.no_crds:
+        raise SystemExit("cluster: --flux needs the Flux CRDs: drop --no-crds")
     if existing is not None and any(existing.running().values()):
         raise SystemExit(f"cluster: already up ({existing.server}); export KUBECONFIG={existing.kubeconfig}")
     if STATE_DIR.exists():
@@ -460,6 +491,14 @@ def run(args: argparse.Namespace) -> int:
             cp.start_operator()
             print(f"cluster: KubeRay operator {versions()['KUBERAY_VERSION']} running (log {cp.logs[OPERATOR]})")
         STATE_FILE.write_text(json.dumps(cp.to_state(), indent=2))
+        if args.flux:
+            from repoctl import flux
+
+            started_flux = flux.start(cp)
+            STATE_FILE.write_text(json.dumps({**cp.to_state(), "flux": started_flux.to_state()}, indent=2))
+            print(f"cluster: Flux controllers running ({', '.join(flux.CONTROLLERS)}; logs in {cp.workdir})")
+            print(f"cluster: git server at {started_flux.git_url}, main = {started_flux.commit[:12]}; "
+                  "apply clusters/flux/<env> with `repoctl cluster sync --env dev`")
     except ClusterError as exc:
         state = _load_state()
         if state is not None:

@@ -1,0 +1,8 @@
+//go:build tools
+
+// Package controlplane pins the Flux kustomize-controller `make setup` builds (docs/flux.md). Its go.mod replaces
+// its own api module and a few dependencies, which `go install` refuses; this wrapper is the main module that
+// requires it and repeats those replaces (tools/controlplane/pin.sh writes them from the controller's go.mod).
+package controlplane
+
+import _ "github.com/fluxcd/kustomize-controller"
