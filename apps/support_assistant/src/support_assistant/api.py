@@ -11,7 +11,7 @@ import json
 import unicodedata
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from support_assistant.config import IngressConfig
 from support_assistant.errors import InvalidInput, StageError
@@ -26,6 +26,10 @@ class AnswerRequest(BaseModel):
     question: StrictStr = Field(description="The operator's question, e.g. a symptom as an alert shows it.")
     # Optional, but not nullable: an explicit null is a type error, leaving it out means the default.
     top_k: StrictInt = Field(default=None, description="How many sources to cite (default and bounds: user_config).")
+    stream: StrictBool = Field(default=False, description="Answer with Server-Sent Events (as does an Accept: "
+                               "text/event-stream header): `token` events with the draft's text as it is "
+                               "decoded, then one `answer` event with the guarded answer (the JSON body of a "
+                               "non-streaming answer), or one `error` event.")
 
 
 class ParsedRequest(BaseModel):
@@ -33,6 +37,7 @@ class ParsedRequest(BaseModel):
 
     question: str
     top_k: int
+    stream: bool = False
 
 
 class Source(BaseModel):
@@ -104,7 +109,7 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-_TYPE_NAMES = {"string_type": "a string", "int_type": "an integer"}
+_TYPE_NAMES = {"string_type": "a string", "int_type": "an integer", "bool_type": "a boolean"}
 
 
 # Control characters a question never needs (tab, newline and carriage return are whitespace), and
@@ -205,7 +210,16 @@ def parse_answer_request(body: bytes, limits: IngressConfig) -> ParsedRequest:
     if not limits.top_k_min <= top_k <= limits.top_k_max:
         raise InvalidInput("top_k", f"must be between {limits.top_k_min} and {limits.top_k_max}, got {top_k}",
                            code="out_of_range")
-    return ParsedRequest(question=question, top_k=top_k)
+    return ParsedRequest(question=question, top_k=top_k, stream=request.stream)
+
+
+def wants_event_stream(accept: str | None) -> bool:
+    """Whether the Accept header asks for Server-Sent Events (text/event-stream, not refused with q=0)."""
+    for item in (accept or "").split(","):
+        media, *params = (part.strip().lower() for part in item.split(";"))
+        if media == "text/event-stream":
+            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+    return False
 
 
 def _invalid(exc: ValidationError, data: dict[str, Any]) -> InvalidInput:

@@ -9,12 +9,14 @@ takes, so every caller runs exactly the same objects.
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
 from support_assistant.config import GeneratorConfig, PipelineConfig
 from support_assistant.pipeline import Stages
 from support_assistant.runtime.bundle import Bundle, BundleError, load_bundle
+from support_assistant.runtime.decode_loop import DecodeLoop
 from support_assistant.runtime.decoder import Decoder
 from support_assistant.runtime.embeddings import CachedVectors, EmbeddingsError, load_cached_vectors
 from support_assistant.runtime.encoder import load_reranker
@@ -113,10 +115,13 @@ def build_stages(bundle_dir: str | Path, config: PipelineConfig, *, verify: bool
     )
 
 
-def in_process(stages: PipelineStages) -> Stages:
+def in_process(stages: PipelineStages, decode_loop: DecodeLoop | None = None) -> Stages:
     """The stages as pipeline.answer's async callables, model work on worker threads (ONNX Runtime
-    releases the GIL) so an event loop serving HTTP stays responsive."""
+    releases the GIL) so an event loop serving HTTP stays responsive. With a language model and a
+    `decode_loop` over its decoder, generation goes through the loop as in a Generator replica
+    (requests share decode steps, and can stream); without one, each request decodes alone."""
     candidates = stages.config.retriever.candidates
+    generator = stages.generator
 
     async def normalize(question: str):
         return stages.normalizer.normalize(question)
@@ -128,6 +133,17 @@ def in_process(stages: PipelineStages) -> Stages:
         return await asyncio.to_thread(stages.reranker.rerank, request)
 
     async def generate(request: GenerationRequest):
-        return (await asyncio.to_thread(stages.generator.answer_many, [request]))[0]
+        if decode_loop is not None and isinstance(generator, AbstractiveGenerator):
+            return await generator.answer_in(decode_loop, request)
+        return (await asyncio.to_thread(generator.answer_many, [request]))[0]
 
-    return Stages(normalize=normalize, retrieve=retrieve, rerank=rerank, generate=generate)
+    async def generate_stream(request: GenerationRequest, deadline_s: float):
+        if decode_loop is not None and isinstance(generator, AbstractiveGenerator):
+            async with aclosing(generator.stream(request, decode_loop, deadline_s)) as items:
+                async for item in items:
+                    yield item
+        else:
+            yield await generate(request)
+
+    return Stages(normalize=normalize, retrieve=retrieve, rerank=rerank, generate=generate,
+                  generate_stream=generate_stream)

@@ -14,16 +14,18 @@ run time, and Serve's ingress wrapper resolves them outside this module's namesp
 
 import asyncio
 import functools
+import json
 import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import ExitStack, aclosing
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError, WorkerCrashedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -38,15 +40,16 @@ from support_assistant.api import (
     error_body,
     parse_answer_request,
     printable,
+    wants_event_stream,
 )
 from support_assistant.config import APP_NAME, IngressConfig, parse
 from support_assistant.errors import InvalidInput, StageError, StageUnavailable
-from support_assistant.pipeline import Stages, answer, stage_deadline
+from support_assistant.pipeline import Prepared, Stages, answer, prepare, stage_deadline, stream_answer
 from support_assistant.runtime.bundle import load_bundle
 from support_assistant.schema import NormalizedQuestion
 from support_assistant.serving.admission import Admission
 from support_assistant.serving.availability import StageAvailability
-from support_assistant.serving.telemetry import IngressMetrics
+from support_assistant.serving.telemetry import ANSWER_MODES, IngressMetrics
 from support_assistant.stages.normalizer import Normalizer
 
 logger = logging.getLogger("ray.serve")
@@ -110,6 +113,38 @@ def _stage_call(stage: str, handle: Any, deaths: StageAvailability) -> Callable[
     return call
 
 
+def _stream_call(stage: str, handle: Any, deaths: StageAvailability
+                 ) -> Callable[[Any, float], AsyncIterator[Any]]:
+    """A deployment's `stream` method as the pipeline's streaming stage (Serve streaming response):
+    what the replica yields, item by item. Closing it before the end (the client went away, the
+    budget ended) cancels the call, and Serve cancels the replica's generator, which stops the decode."""
+
+    async def stream(arg: Any, deadline: float) -> AsyncIterator[Any]:
+        response = handle.options(stream=True).stream.remote(arg, deadline)
+        finished = False
+        try:
+            async for item in response:
+                yield item
+            finished = True
+        except Exception as exc:
+            unavailable = exc if isinstance(exc, _UNAVAILABLE) else getattr(exc, "cause", None)
+            if not isinstance(unavailable, _UNAVAILABLE):
+                raise
+            _note_death(stage, unavailable, deaths)
+            raise StageUnavailable(_describe(unavailable), getattr(unavailable, "retry_after_s", None)) from None
+        finally:
+            if not finished:
+                response.cancel()
+        deaths.answered(stage)
+
+    return stream
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One Server-Sent Event (JSON has no raw newline, so one data line holds it)."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
 def _note_death(stage: str, exc: BaseException, deaths: StageAvailability) -> None:
     if isinstance(exc, RayActorError | WorkerCrashedError):
         deaths.died(stage)
@@ -150,6 +185,17 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 405, 408, 413, 415, 500, 502, 503, 504)}
+_ANSWER_RESPONSES: dict[int | str, dict[str, Any]] = {**_ERRORS, 200: {
+    "description": "The answer as JSON, or with `\"stream\": true` / `Accept: text/event-stream` as Server-Sent "
+                   "Events: `event: token` (data {\"text\": ...}, the draft as it is decoded, before the grounding "
+                   "guard: show it as provisional), then one `event: answer` whose data is the JSON answer below "
+                   "(the guarded text, sources, timings, models), or one `event: error` (data: the error body) if "
+                   "a stage fails after the stream began. Errors before it begins are JSON with their status.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}, "example": (
+        'event: token\ndata: {"text":"Check the"}\n\nevent: token\ndata: {"text":" operator logs"}\n\n'
+        'event: answer\ndata: {"answer":"Check the KubeRay operator logs. [1]",'
+        '"generator_mode":"abstractive",...}\n\n')}},
+}}
 
 
 @serve.deployment(name="Ingress")
@@ -173,6 +219,7 @@ class Ingress:
             retrieve=_stage_call("retriever", retriever, self.availability),
             rerank=_stage_call("reranker", reranker, self.availability),
             generate=_stage_call("generator", generator, self.availability),
+            generate_stream=_stream_call("generator", generator, self.availability),
         )
         self.config: IngressConfig | None = None
         self.normalizer: Normalizer | None = None
@@ -209,13 +256,13 @@ class Ingress:
         "/v1/answer",
         summary="Answer a question from the runbooks",
         response_model=AnswerResponse,
-        responses=_ERRORS,
+        responses=_ANSWER_RESPONSES,
         # The body is read by hand (to refuse an oversized upload while it streams), so its schema
         # is declared here for the OpenAPI document.
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": AnswerRequest.model_json_schema()}}}},
     )
-    async def answer(self, request: Request) -> JSONResponse:
+    async def answer(self, request: Request) -> Response:
         if self.config is None:
             raise RuntimeError("Ingress: no user_config in serveConfigV2")
         metrics = _metrics()
@@ -226,25 +273,72 @@ class Ingress:
             with self.admission.reading(config.max_in_flight, config.retry_after_s):
                 body = await self._read_body(request, config.max_body_bytes, config.body_read_timeout_s)
             parsed = parse_answer_request(body, config)
+            if parsed.stream or wants_event_stream(request.headers.get("accept")):
+                return await self._stream(parsed, config)
             with self.admission.admit(config.max_in_flight, config.retry_after_s) as waiting_on:
                 result = await answer(parsed, self.stages, config.stage_timeouts_s.as_dict(), waiting_on)
         except InvalidInput as exc:
             metrics.requests.inc(tags={"status_class": "4xx"})
             return JSONResponse(error_body(exc), status_code=exc.status)
         except StageError as exc:
-            metrics.requests.inc(tags={"status_class": "5xx"})
-            metrics.stage_errors.inc(tags={"stage": exc.stage, "reason": exc.reason})
+            self._count_stage_error(exc)
             headers = None
             if exc.status == 503:
                 headers = _retry_after(exc.retry_after_s or config.retry_after_s)
             return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+        self._count_answer(result)
+        return JSONResponse({**result, **self.info})
+
+    @staticmethod
+    def _count_answer(result: dict[str, Any]) -> None:
+        metrics = _metrics()
         metrics.requests.inc(tags={"status_class": "2xx"})
         if result["retrieval"] == "empty":
             metrics.empty_retrievals.inc()
+        if result["generator_mode"] in ANSWER_MODES:
+            metrics.answers.inc(tags={"mode": result["generator_mode"]})
         tokens = (result.get("generation") or {}).get("tokens", 0)
         if tokens:
             metrics.generated_tokens.inc(tokens)
-        return JSONResponse({**result, **self.info})
+
+    @staticmethod
+    def _count_stage_error(exc: StageError) -> None:
+        metrics = _metrics()
+        metrics.requests.inc(tags={"status_class": "5xx"})
+        metrics.stage_errors.inc(tags={"stage": exc.stage, "reason": exc.reason})
+
+    async def _stream(self, parsed: Any, config: IngressConfig) -> StreamingResponse:
+        """The stages before the generator run first, so their errors (and a full pipeline) still
+        answer with a JSON status; then the answer streams, holding its admission place until the
+        stream ends or the client goes away."""
+        place = ExitStack()
+        waiting_on = place.enter_context(self.admission.admit(config.max_in_flight, config.retry_after_s))
+        try:
+            prepared = await prepare(parsed, self.stages, config.stage_timeouts_s.as_dict(), waiting_on)
+        except BaseException:
+            place.close()
+            raise
+        return StreamingResponse(self.events(prepared, config, place), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def events(self, prepared: Prepared, config: IngressConfig, place: ExitStack) -> AsyncIterator[bytes]:
+        """The SSE body. Its `finally` is what a disconnect runs: the stream is cancelled mid-await,
+        closing the generator stage's stream (which stops the decode) and freeing the place."""
+        try:
+            events = stream_answer(prepared, self.stages, config.stage_timeouts_s.as_dict())
+            # aclosing: an `async for` left by an exception (the disconnect) does not close the
+            # generator it reads; this does, at once, so the decode stops now, not at garbage collection.
+            async with aclosing(events):
+                async for event, data in events:
+                    if event == "answer":
+                        self._count_answer(data)
+                        data = {**data, **self.info}
+                    yield sse(event, data)
+        except StageError as exc:
+            self._count_stage_error(exc)
+            yield sse("error", error_body(exc))
+        finally:
+            place.close()
 
     @staticmethod
     async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:

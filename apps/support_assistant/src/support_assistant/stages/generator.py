@@ -16,12 +16,14 @@ Two modes, chosen by what the model bundle holds (and Generator.user_config.use_
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from support_assistant.runtime.decode_loop import DecodeLoop
 from support_assistant.runtime.decoder import Decoder, Generation, SequenceState
 from support_assistant.runtime.embeddings import CachedVectors
 from support_assistant.schema import Answer, GenerationRequest, QuestionVector, RankedPassage
@@ -195,6 +197,32 @@ class AbstractiveGenerator:
         """The prompt and its decoding state, for a caller that drives the decode (serving's batcher)."""
         prompt = self.build_prompt(request.question, request.passages)
         return prompt, self.decoder.new_sequence(prompt.text, self.max_new_tokens, self.stop, self.temperature)
+
+    async def stream(self, request: GenerationRequest, loop: DecodeLoop,
+                     deadline_s: float | None = None) -> AsyncIterator[str | Answer]:
+        """The draft's text in pieces as `loop` decodes it (shared with the other requests in the
+        loop), then the guarded Answer as the last item. A deadline that comes mid-answer ends the
+        draft where it is (the answer is `truncated`); a consumer that stops iterating (a client
+        that went away) takes the sequence out of the batch at its next step."""
+        prompt, seq = self.start(request)
+        ticket = loop.submit(seq, deadline_s)
+        try:
+            async for piece in ticket.text_deltas():
+                yield piece
+            generation = await ticket.result()
+        finally:
+            ticket.cancel()  # a no-op once it finished
+        # The guard runs the encoder: off the event loop, which keeps streaming other requests.
+        yield await asyncio.to_thread(self.finish, request, prompt, generation, ticket.truncated)
+
+    async def answer_in(self, loop: DecodeLoop, request: GenerationRequest,
+                        deadline_s: float | None = None) -> Answer:
+        """The guarded answer, decoded in `loop` (the non-streaming call)."""
+        last: str | Answer = ""
+        async for item in self.stream(request, loop, deadline_s):
+            last = item
+        assert isinstance(last, Answer)
+        return last
 
     def answer_many(self, requests: Sequence[GenerationRequest]) -> list[Answer]:
         prompts = [self.build_prompt(r.question, r.passages) for r in requests]
