@@ -75,6 +75,24 @@ def test_an_image_reference_is_recorded_in_dev_with_its_digest(repo: Repo) -> No
     assert f"-            image: {IMAGE}:0.1.0-ray2.60.0" in out
 
 
+LOOPBACK = "127.0.0.1:5099/support-assistant"
+
+
+def test_an_image_in_a_loopback_registry_goes_into_dev_as_newname_and_no_further(repo: Repo) -> None:
+    source = f"{LOOPBACK}:0.2.0-ray{RAY}@{digest('a')}"
+    run(repo, source, "dev")
+    assert entry(repo, "dev") == {"name": IMAGE, "newName": LOOPBACK, "newTag": "0.2.0-ray2.60.0",
+                                  "digest": digest("a")}
+    assert rendered_images(repo, "dev") == {source}
+    repo.commit("dev: loopback image")
+    with pytest.raises(PromoteError, match=r"^overlays/dev runs 127\.0\.0\.1:5099/support-assistant, an image in a "
+                                           r"registry on loopback: only ghcr\.io/acme-platform/support-assistant"):
+        run(repo, "dev", "staging")
+    # Back to the real registry: newName follows.
+    run(repo, ref("0.3.0", "b"), "dev")
+    assert entry(repo, "dev")["newName"] == IMAGE and rendered_images(repo, "dev") == {ref("0.3.0", "b")}
+
+
 def test_dev_to_staging_to_prod_moves_the_same_digest_and_touches_only_the_target(repo: Repo) -> None:
     image = pin(repo, "dev", "0.2.0", "a")
     staging_before = repo.kustomization("staging").read_text()
@@ -197,6 +215,8 @@ def test_leaves_the_target_unchanged_when_the_result_would_not_validate(repo: Re
 
 @pytest.mark.parametrize(("source", "message"), [
     (f"ghcr.io/acme-platform/other:0.2.0-ray{RAY}@{digest('a')}", "the overlays run ghcr.io/acme-platform/"),
+    (f"10.0.0.1:5000/support-assistant:0.2.0-ray{RAY}@{digest('a')}", "the overlays run ghcr.io/acme-platform/"),
+    (f"127.0.0.1:5000/other:0.2.0-ray{RAY}@{digest('a')}", "the overlays run ghcr.io/acme-platform/"),
     (f"{IMAGE}:0.2.0-ray{RAY}", "needs both the tag and the digest"),
     (f"{IMAGE}@{digest('a')}", "needs both the tag and the digest"),
     (f"{IMAGE}:0.2.0-ray{RAY}@{digest('0')}", "the all-zero digest is the placeholder"),

@@ -1,6 +1,9 @@
 """`repoctl promote FROM TO`: move a released image one environment forward (dev -> staging -> prod).
 
     repoctl promote <image>:<tag>@sha256:<digest> dev   record a pushed image in dev (build-image.sh prints it)
+    repoctl promote 127.0.0.1:PORT/support-assistant:<tag>@sha256:<digest> dev
+                                                        the same from a registry on loopback (the image tests'):
+                                                        dev's images[] entry gets newName; never promoted further
     repoctl promote dev staging                         copy dev's tag + digest into staging
     repoctl promote staging prod                        copy staging's tag + digest into prod
 
@@ -32,13 +35,25 @@ class PromoteError(RuntimeError):
     """A refusal; the message is one line naming the file or field and what to do."""
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
 @dataclass(frozen=True)
 class Release:
     tag: str
     digest: str
+    # IMAGE_NAME, or the same image in a registry on loopback (kustomize's newName).
+    name: str = IMAGE_NAME
 
     def ref(self) -> str:
-        return f"{IMAGE_NAME}:{self.tag}@{self.digest}"
+        return f"{self.name}:{self.tag}@{self.digest}"
+
+
+def loopback_image(name: str) -> bool:
+    """<loopback host>:<port>/.../support-assistant: the app image in a registry on this machine."""
+    host, _, path = name.partition("/")
+    hostname, _, port = host.rpartition(":")
+    return hostname in LOOPBACK_HOSTS and port.isdigit() and path.rsplit("/", 1)[-1] == IMAGE_NAME.rsplit("/", 1)[-1]
 
 
 def kustomization_path(env: str, root: Path) -> Path:
@@ -59,7 +74,7 @@ def read_release(env: str, root: Path, need_digest: bool) -> Release | None:
     path = kustomization_path(env, root)
     entry = _image_entry(path, root)
     where = f"{path.relative_to(root)}: images[{IMAGE_NAME}]"
-    tag, digest = entry.get("newTag"), entry.get("digest")
+    tag, digest, name = entry.get("newTag"), entry.get("digest"), str(entry.get("newName") or IMAGE_NAME)
     if not tag:
         raise PromoteError(f"{where} has no newTag")
     if not digest or digest == PLACEHOLDER_DIGEST:
@@ -68,7 +83,7 @@ def read_release(env: str, root: Path, need_digest: bool) -> Release | None:
                     if env == "dev" else f"promote a released image into {env} first")
             raise PromoteError(f"{where} has no digest (promotions carry digests, never bare tags): {hint}")
         return None
-    return Release(str(tag), str(digest))
+    return Release(str(tag), str(digest), name)
 
 
 def parse_source(source: str, target: str, root: Path) -> tuple[str, Release]:
@@ -85,6 +100,9 @@ def parse_source(source: str, target: str, root: Path) -> tuple[str, Release]:
             raise PromoteError(f"{source} -> {target}: promotions go one step at a time ({order}); {why}")
         release = read_release(source, root, need_digest=True)
         assert release is not None
+        if release.name != IMAGE_NAME:
+            raise PromoteError(f"overlays/{source} runs {release.name}, an image in a registry on loopback: "
+                               f"only {IMAGE_NAME} images are promoted past {ENVIRONMENTS[0]}")
         return f"overlays/{source}", release
     if target != ENVIRONMENTS[0]:
         raise PromoteError(f"an image reference is recorded in {ENVIRONMENTS[0]} only ({order}); "
@@ -94,14 +112,15 @@ def parse_source(source: str, target: str, root: Path) -> tuple[str, Release]:
     except ReleaseError as exc:
         raise PromoteError(f"FROM={source!r} is neither an environment ({', '.join(ENVIRONMENTS)}) "
                            f"nor a valid image reference: {exc}") from None
-    if ref.name != IMAGE_NAME:
-        raise PromoteError(f"FROM={source}: the overlays run {IMAGE_NAME}, not {ref.name}")
+    if ref.name != IMAGE_NAME and not loopback_image(ref.name):
+        raise PromoteError(f"FROM={source}: the overlays run {IMAGE_NAME}, not {ref.name} "
+                           f"(or, for local tests, <{'|'.join(LOOPBACK_HOSTS)}>:<port>/support-assistant)")
     if not ref.tag or not ref.digest:
         raise PromoteError(f"FROM={source}: needs both the tag and the digest, "
                            f"{IMAGE_NAME}:<app>-ray<ray>@sha256:<digest> (scripts/build-image.sh prints it)")
     if ref.digest == PLACEHOLDER_DIGEST:
         raise PromoteError(f"FROM={source}: the all-zero digest is the placeholder, not a pushed image")
-    return "image reference", Release(ref.tag, ref.digest)
+    return "image reference", Release(ref.tag, ref.digest, ref.name)
 
 
 def _environment_of(line: str) -> str | None:
@@ -172,6 +191,9 @@ def edit_kustomization(text: str, release: Release) -> str:
             break
         last = i
     values = {"newTag": release.tag, "digest": release.digest}
+    has_name = any(re.match(rf"^\s{{{key_col}}}newName:", lines[i]) for i in range(start + 1, last + 1))
+    if release.name != IMAGE_NAME or has_name:
+        values = {"newName": release.name, **values}
     missing = dict(values)
     for i in range(start + 1, last + 1):
         match = _ENTRY_KEY_RE.match(lines[i].rstrip("\n"))
@@ -192,6 +214,8 @@ def checked_edit(path: Path, text: str, release: Release, root: Path) -> str:
     for entry in expected.get("images") or []:
         if isinstance(entry, dict) and entry.get("name") == IMAGE_NAME:
             entry.update(newTag=release.tag, digest=release.digest)
+            if release.name != IMAGE_NAME or "newName" in entry:
+                entry["newName"] = release.name
     if expected != after:
         raise PromoteError(f"{path.relative_to(root)}: the images[{IMAGE_NAME}] entry is not in the block style "
                            f"this command edits (name/newTag/digest one per line); set newTag and digest by hand")
