@@ -101,12 +101,9 @@ def _stage_call(stage: str, handle: Any, deaths: StageAvailability) -> Callable[
                 raise StageUnavailable("its replica is gone and no replacement has answered yet") from None
             raise
         except Exception as exc:
-            # Raised by the handle itself, or by the replica and wrapped by Ray (its `cause`).
-            unavailable = exc if isinstance(exc, _UNAVAILABLE) else getattr(exc, "cause", None)
-            if not isinstance(unavailable, _UNAVAILABLE):
+            if (unavailable := _stage_unavailable(stage, exc, deaths)) is None:
                 raise
-            _note_death(stage, unavailable, deaths)
-            raise StageUnavailable(_describe(unavailable), getattr(unavailable, "retry_after_s", None)) from None
+            raise unavailable from None
         deaths.answered(stage)
         return result
 
@@ -127,11 +124,9 @@ def _stream_call(stage: str, handle: Any, deaths: StageAvailability
                 yield item
             finished = True
         except Exception as exc:
-            unavailable = exc if isinstance(exc, _UNAVAILABLE) else getattr(exc, "cause", None)
-            if not isinstance(unavailable, _UNAVAILABLE):
+            if (unavailable := _stage_unavailable(stage, exc, deaths)) is None:
                 raise
-            _note_death(stage, unavailable, deaths)
-            raise StageUnavailable(_describe(unavailable), getattr(unavailable, "retry_after_s", None)) from None
+            raise unavailable from None
         finally:
             if not finished:
                 response.cancel()
@@ -143,6 +138,17 @@ def _stream_call(stage: str, handle: Any, deaths: StageAvailability
 def sse(event: str, data: Any) -> bytes:
     """One Server-Sent Event (JSON has no raw newline, so one data line holds it)."""
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _stage_unavailable(stage: str, exc: Exception, deaths: StageAvailability) -> StageUnavailable | None:
+    """Ray's "cannot take it" error, raised by the handle itself or by the replica and wrapped by Ray
+    (its `cause`), as the StageUnavailable the pipeline answers with (a death noted); None for any
+    other error, which the caller re-raises."""
+    unavailable = exc if isinstance(exc, _UNAVAILABLE) else getattr(exc, "cause", None)
+    if not isinstance(unavailable, _UNAVAILABLE):
+        return None
+    _note_death(stage, unavailable, deaths)
+    return StageUnavailable(_describe(unavailable), getattr(unavailable, "retry_after_s", None))
 
 
 def _note_death(stage: str, exc: BaseException, deaths: StageAvailability) -> None:
