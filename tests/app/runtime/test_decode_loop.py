@@ -100,3 +100,25 @@ def test_a_cancelled_request_leaves_the_batch_and_the_others_finish(decoder):
     finally:
         loop.close()
     assert cut.tokens < decoder.max_context - 40 and finished.tokens == 6
+
+
+def test_a_request_waiting_for_a_row_leaves_at_its_deadline_while_the_batch_stays_full(decoder):
+    # A full batch must not hold a waiting request past its budget (the stage would answer 504
+    # after the others' work): it settles truncated, with nothing generated, while the batch decodes on.
+    loop = DecodeLoop(decoder, max_batch=1, deadline_reserve_s=0.0)
+
+    async def main():
+        long = loop.submit(decoder.new_sequence(PROMPTS[0], decoder.max_context - 40))
+        while not long.seq.generated:
+            await asyncio.sleep(0.001)
+        waiting = loop.submit(decoder.new_sequence(PROMPTS[1], 6), deadline_s=time.time() - 1.0)
+        generation = await waiting.result()
+        drawn_by_then = len(long.seq.generated)
+        return waiting, generation, drawn_by_then, await long.result()
+
+    try:
+        waiting, generation, drawn_by_then, long_generation = _run(main())
+    finally:
+        loop.close()
+    assert waiting.truncated and generation.tokens == 0
+    assert drawn_by_then < long_generation.tokens, "it waited for the batch to free a row"

@@ -170,10 +170,19 @@ class DecodeLoop:
 
     def _leave_expired_and_cancelled(self, joining: list[Ticket]) -> None:
         now = time.time()
-        for ticket in [*self._tickets.values(), *joining]:
+
+        def leaving(ticket: Ticket) -> bool:
             expired = ticket.deadline_s is not None and now >= ticket.deadline_s - self.deadline_reserve_s
-            if ticket.cancelled or expired:
-                ticket.truncated = expired and not ticket.cancelled
+            return ticket.cancelled or expired
+
+        # Those still waiting for a row leave too: a full batch would otherwise hold them past
+        # their budget and the stage would time out (504) instead of answering truncated.
+        with self._wake:
+            waited_out = [t for t in self._pending if leaving(t)]
+            self._pending = [t for t in self._pending if not any(t is w for w in waited_out)]
+        for ticket in [*self._tickets.values(), *joining, *waited_out]:
+            if leaving(ticket):
+                ticket.truncated = not ticket.cancelled
                 self._batch.remove(ticket.seq)
                 self._tickets.pop(id(ticket.seq), None)
                 self._settle(ticket)
