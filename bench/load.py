@@ -30,6 +30,8 @@ class LevelResult:
     # The response's own timings_ms per stage (measured inside the ingress / pipeline.answer), so
     # the table can say where the time goes: stage work, hops, or the HTTP front.
     stage_ms: dict[str, list[float]] = field(default_factory=dict)
+    # Tokens each answer's language model generated (the response's generation.tokens; 0 when extractive).
+    tokens: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         ok = self.statuses.get("200", 0)
@@ -42,6 +44,7 @@ class LevelResult:
             "errors": errors,
             "statuses": dict(self.statuses),
             "stage_p50_ms": {stage: round(percentile(v, 50), 2) for stage, v in self.stage_ms.items()},
+            "mean_tokens": round(sum(self.tokens) / len(self.tokens), 1) if self.tokens else 0.0,
         }
 
 
@@ -122,8 +125,10 @@ async def _client(port: int, bodies: list[bytes], offset: int, warm_until: float
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 if status == "200":
                     result.latencies_ms.append((t1 - t0) * 1000)
-                    for stage, ms in json.loads(payload).get("timings_ms", {}).items():
+                    answered = json.loads(payload)
+                    for stage, ms in answered.get("timings_ms", {}).items():
                         result.stage_ms.setdefault(stage, []).append(float(ms))
+                    result.tokens.append(int(answered.get("generation", {}).get("tokens", 0)))
     finally:
         await connection.close()
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, ROOT, print_table, provenance, write_report
 from questions import load_questions
 
-SECTIONS = ("pipeline", "floor", "dataplane", "batching", "reranker", "generator", "quality")
+SECTIONS = ("pipeline", "floor", "dataplane", "batching", "reranker", "generator", "generation", "quality")
 LEVELS = [1, 8, 32, 64]
 SHORT_LEVELS = [1, 32]
 # Candidate settings measured against the committed dev config in the same run (bench only; what
@@ -58,6 +58,13 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
     "admission for 64": {"Ingress": {"user_config": {"max_in_flight": 64}},
                          "Reranker": {"max_queued_requests": 64}, "Generator": {"max_queued_requests": 64}},
 }
+# The data-plane sections (pipeline, dataplane) measure the pipeline with the extractive generator,
+# as their figures always have: with the language model a request is seconds of decoding on 2 cores
+# and what Serve's hops cost disappears in it. The generation section measures the model end to end.
+EXTRACTIVE: dict[str, Any] = {"Generator": {"user_config": {"use_language_model": False}}}
+# Issue 20's end-to-end case: answers of at most 64 tokens.
+GENERATION_OVERRIDES: dict[str, Any] = {"Generator": {"user_config": {"max_new_tokens": 64}}}
+GENERATION_LEVELS = [1, 8]
 PIPELINE_COLUMNS = ["server", "concurrency", "requests_per_s", "p50_ms", "p99_ms", "ok", "errors"]
 
 
@@ -67,7 +74,7 @@ def _questions() -> list[str]:
 
 def pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from load import sweep
-    from servers import child_server, nocache_bundle
+    from servers import child_server, merge_overrides, nocache_bundle
 
     rows: list[dict[str, Any]] = []
     runs = [("single-process baseline", "baseline", args.bundle, LEVELS, {}),
@@ -79,7 +86,8 @@ def pipeline(args: argparse.Namespace) -> dict[str, Any]:
             ("single-process baseline, no vector cache", "baseline", nocache_bundle(args.bundle), [1, 8], {}),
             ("Ray Serve, dev config, no vector cache", "serve", nocache_bundle(args.bundle), [1, 8], {})]
     for label, kind, bundle, levels, overrides in runs:
-        with child_server(kind, port=args.port, bundle=bundle, env=args.env, overrides=overrides):
+        with child_server(kind, port=args.port, bundle=bundle, env=args.env,
+                          overrides=merge_overrides(EXTRACTIVE, overrides)):
             for row in sweep(args.port, _questions(), levels, args.warmup, args.seconds):
                 rows.append({"server": label, **row})
         print_table(f"pipeline: {label}", [r for r in rows if r["server"] == label], PIPELINE_COLUMNS)
@@ -132,7 +140,7 @@ def floor(args: argparse.Namespace) -> dict[str, Any]:
 
 def dataplane(args: argparse.Namespace) -> dict[str, Any]:
     from load import sweep
-    from servers import VARIANTS, child_server
+    from servers import VARIANTS, child_server, merge_overrides
 
     rows: list[dict[str, Any]] = []
     for variant in VARIANTS:
@@ -140,7 +148,7 @@ def dataplane(args: argparse.Namespace) -> dict[str, Any]:
             # With room for every client (EXPERIMENTS), so that concurrency 32 compares the data
             # planes' throughput rather than how fast each answers the admission 503s.
             with child_server("serve", port=args.port, bundle=args.bundle, env=args.env, variant=variant,
-                              overrides=EXPERIMENTS["admission for 64"]):
+                              overrides=merge_overrides(EXTRACTIVE, EXPERIMENTS["admission for 64"])):
                 for row in sweep(args.port, _questions(), SHORT_LEVELS, args.warmup, args.seconds):
                     rows.append({"variant": variant, "env_vars": VARIANTS[variant], **row})
         except (RuntimeError, TimeoutError) as exc:
@@ -311,6 +319,28 @@ def generator(args: argparse.Namespace) -> dict[str, Any]:
             "rows": rows, "kv_cache_speedup": ratios, "decoder": "tests/testmodels/decoder.py layout"}
 
 
+def generation(args: argparse.Namespace) -> dict[str, Any]:
+    """The language model end to end: the dev config on a local Ray as `make run` deploys it, with
+    answers capped at 64 tokens, over HTTP at 1 and 8 clients and streamed; then the quality of what
+    it writes on the labelled questions next to the extractive generator's (bench/generation.py)."""
+    from generation import answer_quality, first_streamed_token
+    from load import sweep
+    from servers import child_server
+
+    # A request is seconds of decoding here: the window must hold enough of them to have a median.
+    warmup, seconds = max(args.warmup, 10.0), max(args.seconds, 40.0)
+    with child_server("serve", port=args.port, bundle=args.bundle, env=args.env, overrides=GENERATION_OVERRIDES):
+        rows = sweep(args.port, _questions(), GENERATION_LEVELS, warmup, seconds)
+        streamed = first_streamed_token(args.port, _questions(), requests=16)
+    print_table("generation: the pipeline over HTTP, dev config, language model, max_new_tokens 64", rows,
+                [*PIPELINE_COLUMNS, "mean_tokens"])
+    print_table("generation: streamed, one request at a time", [streamed])
+    quality_rows = answer_quality(args.bundle)
+    print_table("generation: answers to the labelled questions, same passages, base config", quality_rows)
+    return {"rows": rows, "streamed": streamed, "quality": quality_rows, "env": args.env,
+            "overrides": GENERATION_OVERRIDES, "warmup_s": warmup, "seconds_per_level": seconds}
+
+
 def quality(args: argparse.Namespace) -> dict[str, Any]:
     import kernels
     from quality import evaluate
@@ -367,7 +397,7 @@ def main() -> int:
         if internal[0] == "_serve":
             return servers.run_serve(args.port, args.bundle, args.env, json.loads(args.overrides))
         if internal[0] == "_baseline":
-            return servers.run_baseline(args.port, args.bundle, args.env)
+            return servers.run_baseline(args.port, args.bundle, args.env, json.loads(args.overrides))
         if internal[0] == "_floor_serve":
             return servers.run_floor_serve(args.port, args.bundle, args.env, args.hops)
         if internal[0] == "_floor_baseline":
@@ -385,7 +415,7 @@ def main() -> int:
         return 2
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     functions = {"pipeline": pipeline, "floor": floor, "dataplane": dataplane, "batching": batching,
-                 "reranker": reranker, "generator": generator, "quality": quality}
+                 "reranker": reranker, "generator": generator, "generation": generation, "quality": quality}
     for section in args.sections or SECTIONS:
         info = provenance(args.bundle)
         print(f"\n## {section}  (commit {info['git_commit']}, {info['machine']['cpus']} CPUs, "

@@ -48,12 +48,13 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 
 
-def pipeline_config(env: str) -> Any:
-    """Every stage's user_config as the overlay deploys it, so the bench measures what runs."""
+def pipeline_config(env: str, overrides: dict[str, Any] | None = None) -> Any:
+    """Every stage's user_config as the overlay deploys it (plus the section's overrides, as the
+    Serve child gets them), so the bench measures what runs."""
     from repoctl.render import render_overlay, serve_config_of
     from support_assistant.config import PipelineConfig
 
-    return PipelineConfig.from_serve_config(serve_config_of(render_overlay(env)))
+    return PipelineConfig.from_serve_config(apply_overrides(serve_config_of(render_overlay(env)), overrides or {}))
 
 
 def _wait_healthy(port: int, process: subprocess.Popen, timeout_s: float) -> None:
@@ -95,6 +96,17 @@ def child_server(kind: str, *, port: int, bundle: Path, env: str, variant: str =
                 process.kill()
                 process.wait()
         log.close()
+
+
+def merge_overrides(*overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Several {deployment: {option: value}} overrides as one (later ones win, user_config merged)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for override in overrides:
+        for deployment, options in override.items():
+            target = merged.setdefault(deployment, {})
+            for key, value in options.items():
+                target[key] = {**target.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged
 
 
 def apply_overrides(config: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -175,7 +187,7 @@ def run_floor_baseline(port: int) -> int:
     return _serve_with_uvicorn(floor.baseline_app(), port)
 
 
-def baseline_app(bundle: Path, env: str) -> Any:
+def baseline_app(bundle: Path, env: str, overrides: dict[str, Any]) -> Any:
     """The single-process alternative: one Starlette app calling the stages in process."""
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -187,7 +199,7 @@ def baseline_app(bundle: Path, env: str) -> Any:
     from support_assistant.errors import InvalidInput, StageError
     from support_assistant.pipeline import answer
 
-    config = pipeline_config(env)
+    config = pipeline_config(env, overrides)
     stages = build_stages(bundle, config)
     callables = in_process(stages)
     timeouts = config.ingress.stage_timeouts_s.as_dict()
@@ -209,8 +221,8 @@ def baseline_app(bundle: Path, env: str) -> Any:
     return Starlette(routes=[Route("/v1/answer", answer_route, methods=["POST"]), Route("/healthz", healthz)])
 
 
-def run_baseline(port: int, bundle: Path, env: str) -> int:
-    return _serve_with_uvicorn(baseline_app(bundle, env), port)
+def run_baseline(port: int, bundle: Path, env: str, overrides: dict[str, Any]) -> int:
+    return _serve_with_uvicorn(baseline_app(bundle, env, overrides), port)
 
 
 def nocache_bundle(bundle: Path) -> Path:
