@@ -177,9 +177,12 @@ class DecodeLoop:
 
         # Those still waiting for a row leave too: a full batch would otherwise hold them past
         # their budget and the stage would time out (504) instead of answering truncated.
+        waited_out: list[Ticket] = []
         with self._wake:
-            waited_out = [t for t in self._pending if leaving(t)]
-            self._pending = [t for t in self._pending if not any(t is w for w in waited_out)]
+            staying: list[Ticket] = []
+            for ticket in self._pending:
+                (waited_out if leaving(ticket) else staying).append(ticket)
+            self._pending = staying
         for ticket in [*self._tickets.values(), *joining, *waited_out]:
             if leaving(ticket):
                 ticket.truncated = not ticket.cancelled
