@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from common import ROOT, percentile
 from questions import load_questions
-from support_assistant.assemble import build_stages
+from support_assistant.assemble import PipelineStages, build_stages
 from support_assistant.config import PipelineConfig
 from support_assistant.schema import Answer, GenerationRequest, RerankRequest
 from support_assistant.stages.generator import AbstractiveGenerator
@@ -28,19 +28,33 @@ from support_assistant.stages.generator import AbstractiveGenerator
 BASE_CONFIG = ROOT / "base" / "support-assistant" / "serve-config.yaml"
 
 
+def base_stages(bundle: Path) -> PipelineStages:
+    """The stages with the base config's settings (the Generator's language model and guard included)."""
+    return build_stages(bundle, PipelineConfig.from_serve_config(yaml.safe_load(BASE_CONFIG.read_text())))
+
+
+def labelled_requests(stages: PipelineStages) -> list[tuple[str, str, GenerationRequest]]:
+    """(question, labelled runbook, what the Generator gets) for each labelled question: the
+    pipeline's own stages pick its passages (BM25 -> reranker, the config's top_k)."""
+    config = stages.config
+    picked = []
+    for question, runbook in load_questions():
+        normalized = stages.normalizer.normalize(question)
+        candidates = stages.retriever.search(normalized.search_text, config.retriever.candidates)
+        reranked = stages.reranker.rerank(RerankRequest(normalized.text, candidates, config.ingress.default_top_k))
+        picked.append((question, runbook, GenerationRequest(normalized.text, reranked.passages,
+                                                            reranked.question_vector)))
+    return picked
+
+
 def answer_quality(bundle: Path) -> list[dict[str, Any]]:
-    config = PipelineConfig.from_serve_config(yaml.safe_load(BASE_CONFIG.read_text()))
-    stages = build_stages(bundle, config)
+    stages = base_stages(bundle)
     model = stages.generator
     if not isinstance(model, AbstractiveGenerator):
         raise SystemExit(f"{bundle}: the bundle has no language model (or the base config disables it)")
     generators = {f"language model ({model.decoder.name})": model, "extractive": model.fallback}
     outcomes: dict[str, list[tuple[Answer, float, bool, bool]]] = {name: [] for name in generators}
-    for question, runbook in load_questions():
-        normalized = stages.normalizer.normalize(question)
-        candidates = stages.retriever.search(normalized.search_text, config.retriever.candidates)
-        reranked = stages.reranker.rerank(RerankRequest(normalized.text, candidates, config.ingress.default_top_k))
-        request = GenerationRequest(normalized.text, reranked.passages, reranked.question_vector)
+    for _, runbook, request in labelled_requests(stages):
         for name, generator in generators.items():
             started = time.perf_counter()
             answer = generator.answer_many([request])[0]
@@ -49,8 +63,8 @@ def answer_quality(bundle: Path) -> list[dict[str, Any]]:
             # every one of its sentences.
             recheck = model.guard.check(answer.text, request.passages)
             supported = bool(recheck.kept) and not recheck.dropped
-            cites = any(reranked.passages[n - 1].source == runbook for n in answer.cited
-                        if 1 <= n <= len(reranked.passages))
+            cites = any(request.passages[n - 1].source == runbook for n in answer.cited
+                        if 1 <= n <= len(request.passages))
             outcomes[name].append((answer, seconds, supported, cites))
     rows = []
     for name, results in outcomes.items():

@@ -26,21 +26,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from questions import load_questions  # noqa: E402
+from generation import base_stages, labelled_requests  # noqa: E402
 from support_assistant.api import ParsedRequest  # noqa: E402
-from support_assistant.assemble import build_stages, in_process  # noqa: E402
-from support_assistant.config import PipelineConfig  # noqa: E402
+from support_assistant.assemble import in_process  # noqa: E402
 from support_assistant.pipeline import answer  # noqa: E402
-from support_assistant.schema import GenerationRequest, RerankRequest  # noqa: E402
 from support_assistant.stages.generator import AbstractiveGenerator  # noqa: E402
 from support_assistant.stages.sentences import split_sentences  # noqa: E402
 
-BASE_CONFIG = ROOT / "base" / "support-assistant" / "serve-config.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks"
 
 
@@ -52,8 +48,8 @@ def main() -> None:
     parser.add_argument("--generate", action="store_true", help="also answer every question with the LM")
     args = parser.parse_args()
 
-    config = PipelineConfig.from_serve_config(yaml.safe_load(BASE_CONFIG.read_text()))
-    stages = build_stages(args.bundle, config)
+    stages = base_stages(args.bundle)
+    config = stages.config
     generator = stages.generator
     if not isinstance(generator, AbstractiveGenerator):
         sys.exit(f"{args.bundle}: the bundle has no language model (or use_language_model is false)")
@@ -62,16 +58,11 @@ def main() -> None:
     corpus = {path.name: split_sentences(path.read_text()) for path in sorted(RUNBOOKS.glob("*.md"))}
 
     negatives: list[float] = []
-    picked: list[tuple[str, str, GenerationRequest]] = []
-    for question, runbook in load_questions():
-        normalized = stages.normalizer.normalize(question)
-        candidates = stages.retriever.search(normalized.search_text, config.retriever.candidates)
-        reranked = stages.reranker.rerank(RerankRequest(normalized.text, candidates, config.ingress.default_top_k))
-        request = GenerationRequest(normalized.text, reranked.passages, reranked.question_vector)
-        picked.append((question, runbook, request))
-        used = {p.source for p in reranked.passages}
+    picked = labelled_requests(stages)
+    for _, _, request in picked:
+        used = {p.source for p in request.passages}
         off_topic = [s for source, sentences in corpus.items() if source not in used for s in sentences]
-        checked = guard.check(" ".join(s if s.endswith(".") else s + "." for s in off_topic), reranked.passages)
+        checked = guard.check(" ".join(s if s.endswith(".") else s + "." for s in off_topic), request.passages)
         negatives.extend([s.score for s in checked.kept] + [d.score for d in checked.dropped if d.passage])
     scores = np.sort(np.asarray(negatives))
     threshold = float(np.quantile(scores, 1.0 - args.false_accept))
