@@ -413,9 +413,12 @@ def _bud(args: Sequence[str]) -> None:
 
 
 def image_size(ref: str) -> int:
-    """Bytes of the image's layers, uncompressed (what `buildah images` reports)."""
-    out = buildah("images", "--json", ref).stdout
-    return int(json.loads(out)[0]["size"])
+    """Bytes of the image's layers, uncompressed, as `buildah images` reports them (decimal units, 3 digits)."""
+    size = json.loads(buildah("images", "--json", ref).stdout)[0]["size"]
+    match = re.fullmatch(r"([0-9.]+)\s*([kMGT]?B)", str(size).strip())
+    if not match:
+        raise ImageError(f"buildah images reports an unreadable size for {ref}: {size!r}")
+    return int(float(match[1]) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[match[2]])
 
 
 def push(ref: str, destination: str, tls_verify: bool = True) -> str:
