@@ -401,8 +401,29 @@ def build_image(variant: str = "cpu", bases_mode: str = "auto", image: str | Non
         log(f"building {ref}")
         _bud([*common, "--build-arg", f"BUNDLE_SHA256={bundle_sha}", "--build-arg", f"MODELS={models}",
               "--tag", ref, "."])
+    _relabel_if_stale(ref, {"org.opencontainers.image.revision": args["VCS_REF"],
+                            "org.opencontainers.image.source": args["SOURCE_URL"]})
     labels = image_labels(ref)
     return Built(ref, bases, bundle_sha, labels)
+
+
+def _relabel_if_stale(ref: str, want: dict[str, str]) -> None:
+    """buildah 1.28 reuses a cached LABEL step although a build argument it names changed (here: a new commit's
+    VCS_REF after the same tree), so the labels that name the commit are checked and, where stale, set."""
+    labels = image_labels(ref)
+    stale = {name: value for name, value in want.items() if labels.get(name) != value}
+    if not stale:
+        return
+    log(f"buildah's layer cache kept stale labels {sorted(stale)}; setting them")
+    container = buildah("from", "--pull-never", ref).stdout.strip()
+    try:
+        config = ["config"]
+        for name, value in stale.items():
+            config += ["--label", f"{name}={value}"]
+        buildah(*config, container)
+        buildah("commit", "--quiet", "--format", "docker", container, ref)
+    finally:
+        buildah("rm", container, check=False)
 
 
 def _bud(args: Sequence[str]) -> None:
