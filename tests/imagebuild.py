@@ -3,8 +3,9 @@ tests/images (run it) and tests/cluster (promote its digest): tests/conftest.py 
 
 Built as `make image` builds it without a Docker engine (repoctl.image.build_image, CPU variant, the
 local bundle profile; the pinned upstream bases where they can be pulled, else the Debian-made ones),
-cached by its inputs under .cache/containers, so a warm run only re-checks the layers. The registry is
-`crane registry serve` on 127.0.0.1 (bin/crane, CRANE_VERSION), this run's alone, stopped at the end.
+cached by its inputs in buildah's per-user storage (repoctl.image.CONTAINERS), so a warm run only re-checks
+the layers. The registry is `crane registry serve` on 127.0.0.1 (bin/crane, CRANE_VERSION), this run's
+alone, stopped at the end.
 Where buildah, mmdebstrap or crane is missing, or we are not root (buildah's chroot isolation and vfs
 storage need it here), the tests that need the image skip and name what is missing.
 """
@@ -43,7 +44,7 @@ def missing_prerequisites() -> str | None:
 
 @dataclass(frozen=True)
 class PushedImage:
-    local_ref: str  # in .cache/containers
+    local_ref: str  # in repoctl.image.CONTAINERS
     registry: str  # 127.0.0.1:PORT
     tag: str
     digest: str  # what the push returned

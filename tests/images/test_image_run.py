@@ -210,10 +210,9 @@ def served(pushed_image: PushedImage) -> Iterator[Served]:
         container = image.buildah("from", "--pull-never", pushed_image.local_ref).stdout.strip()
         env_args = [arg for name, value in env.items() for arg in ("--env", f"{name}={value}")]
         log = open(etc / "serve.log", "w")  # noqa: SIM115 (kept open while the container runs)
-        cmd = ["buildah", "--root", str(image.CONTAINERS / "storage"), "--runroot", str(image.CONTAINERS / "run"),
-               "--storage-driver", "vfs", "run", "--isolation", "chroot", "--network", "host", *env_args,
-               "-v", f"{etc}:/etc/support-assistant:ro", container, "--",
-               "serve", "run", "/etc/support-assistant/serve-config.yaml"]
+        cmd = image.buildah_command("run", "--isolation", "chroot", "--network", "host", *env_args,
+                                    "-v", f"{etc}:/etc/support-assistant:ro", container, "--",
+                                    "serve", "run", "/etc/support-assistant/serve-config.yaml")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=image.buildah_env(),
                                 start_new_session=True)
         served = Served(f"http://127.0.0.1:{port}", set(), proc)

@@ -3,10 +3,13 @@
     repoctl image bases                    make (or reuse) the Debian-made Python and Ray bases
     repoctl image build [--variant cpu]    build the app image with buildah (PUSH=1: push a release)
 
-Everything buildah keeps lives under .cache/containers (vfs storage, chroot isolation, no daemon, nothing in
-/var/lib/containers): `make clean` removes it. The bases are keyed by their inputs (Debian suite, package
-list, Ray version, constraints.txt), so a rebuild with the same inputs reuses them; the Dockerfile's steps
-are cached as buildah layers, and pip's downloads in a cache mount under .cache/containers/tmp.
+Everything buildah keeps lives in one per-user cache, ~/.cache/support-assistant/containers (vfs storage,
+chroot isolation, no daemon, nothing in /var/lib/containers; SUPPORT_ASSISTANT_CONTAINERS moves it). It is
+outside the checkout, like Go's build cache, because vfs keeps every layer as a full copy (about 11 GB for
+one build's layers): every clone reuses the same bases and layers instead of holding its own. The bases are
+keyed by their inputs (Debian suite, package list, Ray version, constraints.txt), so a rebuild with the same
+inputs reuses them; the Dockerfile's steps are cached as buildah layers, pip's downloads in a cache mount
+under its tmp/, and each build ends by removing the images it superseded (`buildah rmi --prune`).
 
 The machine's pip settings (PIP_* variables, /etc/pip.conf, the certificate they name) reach the build as
 build secrets only (`--secret`, mounted for one RUN), never as build arguments or files in a layer.
@@ -29,9 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from repoctl.paths import CACHE, ROOT, versions
+from repoctl.paths import ROOT, versions
 
-CONTAINERS = CACHE / "containers"
+_USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+CONTAINERS = Path(os.environ.get("SUPPORT_ASSISTANT_CONTAINERS") or _USER_CACHE / "support-assistant" / "containers")
 BASE_REPOSITORY = "localhost/support-assistant-base"
 # What the Debian-made Python base holds: python3 + venv (the app's Python environment is a venv at
 # /opt/venv, first on PATH, as python:3.11-slim's /usr/local is), the CA bundle pip needs, and ps/kill,
@@ -65,14 +69,18 @@ def buildah_env() -> dict[str, str]:
     return env
 
 
-def buildah(*args: str, capture: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
+def buildah_command(*args: str) -> list[str]:
+    """buildah on this project's storage (CONTAINERS), as every call here and in the tests runs it."""
     if shutil.which("buildah") is None:
         raise ImageError("buildah is not installed: `make setup` installs it on Debian as root "
                          "(elsewhere: install buildah, see images/README.md)")
     (CONTAINERS / "tmp").mkdir(parents=True, exist_ok=True)
-    cmd = ["buildah", "--root", str(CONTAINERS / "storage"), "--runroot", str(CONTAINERS / "run"),
-           "--storage-driver", "vfs", *args]
-    result = subprocess.run(cmd, env=buildah_env(), text=True, check=False,
+    return ["buildah", "--root", str(CONTAINERS / "storage"), "--runroot", str(CONTAINERS / "run"),
+            "--storage-driver", "vfs", *args]
+
+
+def buildah(*args: str, capture: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(buildah_command(*args), env=buildah_env(), text=True, check=False,
                             stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None)
     if check and result.returncode != 0:
         detail = (result.stderr or "").strip().splitlines()[-1:] if capture else []
@@ -404,7 +412,22 @@ def build_image(variant: str = "cpu", bases_mode: str = "auto", image: str | Non
     _relabel_if_stale(ref, {"org.opencontainers.image.revision": args["VCS_REF"],
                             "org.opencontainers.image.source": args["SOURCE_URL"]})
     labels = image_labels(ref)
+    prune()
     return Built(ref, bases, bundle_sha, labels)
+
+
+def prune() -> None:
+    """Remove the images a build superseded (untagged, no child): an earlier build's app image and its layers.
+    The tagged images and every layer under them stay, so the next build with the same inputs is cached."""
+    removed = [line for line in buildah("rmi", "--prune").stdout.splitlines() if line.strip()]
+    log(f"removed {len(removed)} superseded image(s); buildah storage {_size(CONTAINERS / 'storage') / 1e9:.1f} GB "
+        f"in {CONTAINERS}")
+
+
+def _size(path: Path) -> int:
+    # du, not a Python walk: vfs layers hold hundreds of thousands of files.
+    result = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=False)
+    return int(result.stdout.split()[0]) if result.returncode == 0 and result.stdout else 0
 
 
 def _relabel_if_stale(ref: str, want: dict[str, str]) -> None:
@@ -427,8 +450,7 @@ def _relabel_if_stale(ref: str, want: dict[str, str]) -> None:
 
 
 def _bud(args: Sequence[str]) -> None:
-    result = subprocess.run(["buildah", "--root", str(CONTAINERS / "storage"), "--runroot", str(CONTAINERS / "run"),
-                             "--storage-driver", "vfs", *args], cwd=ROOT, env=buildah_env(), check=False)
+    result = subprocess.run(buildah_command(*args), cwd=ROOT, env=buildah_env(), check=False)
     if result.returncode != 0:
         raise ImageError(f"buildah bud failed (exit {result.returncode}); its output is above")
 
@@ -463,7 +485,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="image_command", required=True)
     bases = sub.add_parser("bases", help="make or reuse the Debian-made Python and Ray bases (mmdebstrap)")
     bases.add_argument("--suite", default=None, help="Debian suite (default: versions.env DEBIAN_SUITE)")
-    bases.set_defaults(func=run_bases)
     build = sub.add_parser("build", help="build images/Dockerfile with buildah (what `make image` runs without Docker)")
     build.add_argument("--variant", choices=("cpu", "gpu"), default=os.environ.get("VARIANT", "gpu"))
     build.add_argument("--bases", choices=("auto", "upstream", "debian"), default=os.environ.get("BASES", "auto"),
@@ -474,10 +495,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--push", action="store_true", default=os.environ.get("PUSH", "0") == "1",
                        help="release: push to the repository (needs the pinned upstream bases)")
     build.add_argument("--allow-dirty", action="store_true", default=os.environ.get("ALLOW_DIRTY") == "1")
-    build.set_defaults(func=run_build)
+    parser.set_defaults(func=run)
 
 
-def run_bases(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    return {"bases": _run_bases, "build": _run_build}[args.image_command](args)
+
+
+def _run_bases(args: argparse.Namespace) -> int:
     try:
         bases = debian_bases(args.suite)
         print(bases.python)
@@ -487,7 +512,7 @@ def run_bases(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_build(args: argparse.Namespace) -> int:
+def _run_build(args: argparse.Namespace) -> int:
     try:
         built = build_image(args.variant, args.bases, args.image, args.profile, release=args.push,
                             allow_dirty=args.allow_dirty)
@@ -495,7 +520,7 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"bases:  {built.bases.describe()}")
         print(f"bundle: manifest.json sha256 {built.bundle_sha256}")
         if not args.push:
-            print("in .cache/containers (PUSH=0: no registry digest, nothing to promote)")
+            print(f"in {CONTAINERS} (PUSH=0: no registry digest, nothing to promote)")
             return 0
         repository, _, tag = built.ref.rpartition(":")
         digest = push(built.ref, built.ref)
