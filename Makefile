@@ -40,7 +40,7 @@ run: setup ## run the pipeline on an embedded local Ray with the dev overlay's s
 	@test -f $(BUNDLE_DIR)/manifest.json || $(MAKE) --no-print-directory bundle
 	@$(REPOCTL) run --env dev --bundle $(BUNDLE_DIR)
 
-image: ## build the app image (needs a Docker engine; see images/README.md)
+image: ## build the app image (Docker + buildx, else buildah; see images/README.md)
 	@scripts/build-image.sh
 
 promote: setup ## copy the image digest and versions from one overlay to the next: make promote FROM=dev TO=staging

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make image`: build images/Dockerfile with the versions from versions.env, push it, and print its
-# digest and the command that records it in overlays/dev. Needs a Docker engine with buildx and a
-# registry login (`docker login ghcr.io`); see images/README.md.
+# digest and the command that records it in overlays/dev. With a Docker engine with buildx (and a
+# registry login, `docker login ghcr.io`) it builds with buildx; without one, with buildah
+# (`repoctl image build`: vfs storage and chroot isolation in ~/.cache/support-assistant/containers, Debian-made bases
+# where the pinned upstream ones cannot be pulled). See images/README.md.
 #
 # Environment (all optional):
 #   VARIANT=gpu|cpu      gpu (default): the image the overlays run; cpu: <IMAGE>-cpu, for local smoke runs
@@ -10,18 +12,37 @@
 #   ALLOW_DIRTY=1        build from a working tree with uncommitted changes (revision label gets -dirty)
 #   PYTHON_IMAGE, RAY_BASE_IMAGE_GPU, RAY_BASE_IMAGE_CPU   override the versions.env keys of the same name
 #   DOCKER=docker        the docker CLI to run
+#   BUILDER=docker|buildah   force one path (default: docker where an engine with buildx answers, else buildah)
+#   BASES=auto|upstream|debian, BUNDLE_PROFILE=local|production   buildah path only (images/README.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 die() { echo "build-image: $*" >&2; exit 1; }
 
+# An explicit DOCKER means that CLI's engine: no fallback to buildah.
+DOCKER_GIVEN=${DOCKER:+1}
 DOCKER=${DOCKER:-docker}
 VARIANT=${VARIANT:-gpu}
 PUSH=${PUSH:-1}
 PYTHON=${PYTHON:-.venv/bin/python}
 
+docker_usable() {
+  command -v "$DOCKER" >/dev/null 2>&1 && "$DOCKER" info >/dev/null 2>&1 && "$DOCKER" buildx version >/dev/null 2>&1
+}
+BUILDER=${BUILDER:-}
+if [[ -z $BUILDER ]]; then
+  if [[ -n $DOCKER_GIVEN ]] || docker_usable || ! command -v buildah >/dev/null 2>&1; then BUILDER=docker; else BUILDER=buildah; fi
+fi
+if [[ $BUILDER == buildah ]]; then
+  [[ -x .venv/bin/repoctl ]] || die ".venv/bin/repoctl not found: run \`make setup\` first"
+  echo "build-image: no usable Docker engine with buildx; building with buildah (images/README.md)" >&2
+  export VARIANT PUSH
+  exec .venv/bin/repoctl image build
+fi
+[[ $BUILDER == docker ]] || die "BUILDER must be docker or buildah (got '$BUILDER')"
+
 command -v "$DOCKER" >/dev/null 2>&1 \
-  || die "'$DOCKER' not found: building the image needs a Docker engine with buildx (Docker Desktop, or docker-ce + docker-buildx-plugin); none runs on the dev/CI machines, see images/README.md"
+  || die "'$DOCKER' not found: building the image needs a Docker engine with buildx (Docker Desktop, or docker-ce + docker-buildx-plugin); without one, BUILDER=buildah builds with buildah, see images/README.md"
 "$DOCKER" info >/dev/null 2>&1 \
   || die "'$DOCKER info' failed: the Docker engine is not running or not reachable (DOCKER_HOST=${DOCKER_HOST:-unset})"
 "$DOCKER" buildx version >/dev/null 2>&1 \

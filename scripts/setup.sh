@@ -111,6 +111,30 @@ wrapper_build kustomize-controller github.com/fluxcd/kustomize-controller "$FLUX
 wrapper_build helm-controller github.com/fluxcd/helm-controller "$FLUX_HELM_CONTROLLER_VERSION" "-s -w" \
   helm-controller:github.com/fluxcd/helm-controller
 
+# --- 1c. Image tools (images/README.md: buildah builds images/Dockerfile without a Docker engine) ----------
+# crane: the loopback registry the image tests push to. buildah + mmdebstrap are Debian packages: installed
+# with apt-get where this is Debian and we are root; elsewhere we say what to install, and the image tests
+# skip with that reason.
+go_tool crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
+missing=()
+for tool in buildah mmdebstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+  if [[ -f /etc/debian_version && $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    log "installing ${missing[*]} (apt-get)"
+    started=$SECONDS
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        "${missing[@]}"; } >"$STAMPS/apt-image-tools.log" 2>&1; then
+      cat "$STAMPS/apt-image-tools.log" >&2
+      log "FAILED: apt-get install ${missing[*]} (see above)" >&2
+      exit 1
+    fi
+    log "installed ${missing[*]} in $((SECONDS - started))s"
+  else
+    log "not installed: ${missing[*]} (a Debian package each; install them to build and test the image without" \
+      "Docker: images/README.md). The image tests will skip and say so."
+  fi
+fi
+
 # --- 2. Python ----------------------------------------------------------------------------------------
 # Everything pip is asked for, so a change to any of it (or to the Python) reinstalls.
 python_key() {

@@ -33,7 +33,9 @@ PROBE_NAMESPACE = "admission-probe"
 # watches only these, so that nothing reconciles the objects the apply tests re-apply.
 # "flux": where test_flux_sync.py's own Kustomization puts overlays/dev (Flux applies it, the operator reconciles).
 OPERATOR_NAMESPACES = {"dev": "reconcile-dev", "staging": "reconcile-staging", "prod": "reconcile-prod",
-                       "invalid": "reconcile-invalid", "flux": "reconcile-flux"}  # fmt: skip
+                       "invalid": "reconcile-invalid", "flux": "reconcile-flux",
+                       # the dev overlay with the image the tests built and pushed (test_promoted_image.py)
+                       "promoted": "reconcile-promoted"}  # fmt: skip
 
 
 def target_paths() -> list[str]:

@@ -130,6 +130,8 @@ GOOD = {
     "RAY_VERSION": "2.60.0",
     "VARIANT": "gpu",
     "APP_VERSION": "0.1.0",
+    "BASES": "upstream",
+    "BUNDLE_PROFILE": "production",
 }
 
 
@@ -235,8 +237,11 @@ def test_bundle_commands_of_the_dockerfile_parse_with_the_real_cli(parsed) -> No
     _, stages = parsed
     parts = [shlex.split(part) for run in stages[0].all("RUN") for part in run.split("&&")
              if part.strip().startswith("support-assistant-bundle")]
-    build = _parser().parse_args(next(p for p in parts if p[1] == "build")[1:])
-    assert build.profile == "production"
+    # BUNDLE_PROFILE (default production; the buildah path passes local where no hub is reachable).
+    for profile in ("production", "local"):
+        args = [a.replace("${BUNDLE_PROFILE}", profile) for a in next(p for p in parts if p[1] == "build")[1:]]
+        build = _parser().parse_args(args)
+        assert build.profile == profile
     assert (ROOT / build.models).is_file() and (ROOT / build.corpus).is_dir()
     verify = _parser().parse_args(next(p for p in parts if p[1] == "verify")[1:])
     assert verify.bundle == build.out

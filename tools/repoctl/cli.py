@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "repoctl.diff",
     "repoctl.promote",
     "repoctl.cluster",
+    "repoctl.image",
 )
 
 
