@@ -55,6 +55,23 @@ def test_the_simulated_serve_config_keeps_the_gpus_and_lists_what_it_shortens(re
     assert config["http_options"]["host"] == "0.0.0.0"  # the rendered config is left alone
 
 
+def test_the_simulated_generator_answers_extractively_unless_asked_to_keep_the_language_model(rendered) -> None:
+    config = serve_config_of(rendered["dev"])
+    assert deployments_of_user_config(config)["Generator"]["use_language_model"] is True
+    pinned = simulated_serve_config(config, Path("/b"), 4321, upscale_delay_s=5, downscale_delay_s=10)
+    kept = simulated_serve_config(config, Path("/b"), 4321, upscale_delay_s=5, downscale_delay_s=10,
+                                  language_model=True)
+    assert deployments_of_user_config(pinned)["Generator"]["use_language_model"] is False
+    assert deployments_of_user_config(kept)["Generator"] == deployments_of_user_config(config)["Generator"]
+    # Only the Generator's switch changes; every other user_config is the overlay's.
+    others = {k: v for k, v in deployments_of_user_config(pinned).items() if k != "Generator"}
+    assert others == {k: v for k, v in deployments_of_user_config(config).items() if k != "Generator"}
+
+
+def deployments_of_user_config(config: dict) -> dict[str, dict]:
+    return {d["name"]: d.get("user_config", {}) for app in config["applications"] for d in app["deployments"]}
+
+
 def test_only_a_node_marked_simulated_lets_a_gpu_replica_run_on_the_cpu() -> None:
     assert gpus_simulated({SIMULATED_GPUS_ENV: "1"}) and not gpus_simulated({}) and not gpus_simulated(
         {SIMULATED_GPUS_ENV: "0"})

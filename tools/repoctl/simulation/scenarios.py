@@ -5,7 +5,8 @@ the tests (tests/simulation) decide what passes.
 
 What is changed from the overlay, and nothing else, is listed in the report's `shortened` and
 `local` sections: the waits that would make a CI run last 20 minutes (idle timeout, Serve's
-upscale/downscale delays), and what one machine needs (loopback, ports, the local bundle).
+upscale/downscale delays), what one machine needs (loopback, ports, the local bundle), and, unless
+`language_model` is set, the Generator answering extractively (EXTRACTIVE below says why).
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ from repoctl.simulation.processes import raylet_of
 # proxies would route around a dead one).
 WORKER_PROXY_PORT_ENV = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"
 GPU_GROUP = "gpu"
+# The Generator's user_config in a simulation unless Settings.language_model: the local bundle's
+# SmolLM2 decodes for seconds per answer on this machine's cores, which every simulated node shares,
+# so a load ramp would measure the decoder, not placement and scaling. The same pin as bench/run.py's
+# data-plane sections (EXTRACTIVE) and tests/reliability/live.py. The placement is unchanged: the
+# Generator still asks for the overlay's num_gpus and runs on a GPU worker.
+EXTRACTIVE = {"use_language_model": False}
 
 
 @dataclass
@@ -46,6 +53,8 @@ class Settings:
     ramp_clients: tuple[int, ...] = (4, 16, 48)
     ramp_step_s: float = 15.0
     node_loss_clients: int = 8
+    # Keep the overlay's language model in the Generator (EXTRACTIVE says why it is off by default).
+    language_model: bool = False
     deploy_timeout_s: float = 300.0
     settle_timeout_s: float = 120.0
     node_loss: bool = True
@@ -79,9 +88,10 @@ def _free_port() -> int:
 
 
 def simulated_serve_config(config: dict, bundle_dir: Path, port: int, upscale_delay_s: float,
-                           downscale_delay_s: float) -> dict:
+                           downscale_delay_s: float, language_model: bool = False) -> dict:
     """The overlay's serveConfigV2 with its num_gpus kept: the proxy on 127.0.0.1:`port`, the
-    local bundle, and Serve's autoscaling delays shortened (the report lists both)."""
+    local bundle, Serve's autoscaling delays shortened and, unless `language_model`, the Generator
+    extractive (EXTRACTIVE); the report lists each change."""
     simulated = copy.deepcopy(config)
     simulated["http_options"] = {**simulated.get("http_options", {}), "host": LOOPBACK, "port": port}
     for app in simulated["applications"]:
@@ -91,6 +101,8 @@ def simulated_serve_config(config: dict, bundle_dir: Path, port: int, upscale_de
             if autoscaling is not None:
                 autoscaling["upscale_delay_s"] = upscale_delay_s
                 autoscaling["downscale_delay_s"] = downscale_delay_s
+            if deployment["name"] == "Generator" and not language_model:
+                deployment["user_config"] = {**deployment.get("user_config", {}), **EXTRACTIVE}
     return simulated
 
 
@@ -168,9 +180,11 @@ def simulate(settings: Settings, on_event: Callable[[str], None] = print) -> Run
     }
     http_port, worker_proxy_port = _free_port(), _free_port()
     simulated = simulated_serve_config(config, settings.bundle_dir, http_port, settings.upscale_delay_s,
-                                       settings.downscale_delay_s)
+                                       settings.downscale_delay_s, settings.language_model)
     run.local = {"http": f"{LOOPBACK}:{http_port}", "worker_proxies_port": worker_proxy_port,
-                 "bundle_dir": str(settings.bundle_dir)}
+                 "bundle_dir": str(settings.bundle_dir),
+                 "generator": "the overlay's language model" if settings.language_model
+                 else f"extractive (Generator.user_config {EXTRACTIVE})"}
     extra_env = {**ray_serve_env_of(docs), WORKER_PROXY_PORT_ENV: str(worker_proxy_port)}
     cluster = SimulatedCluster(rayservice, settings.idle_timeout_s, extra_env)
     started = time.monotonic()
@@ -231,7 +245,7 @@ def _placement(run: Run, simulated: dict, deployments: dict, sampler: Sampler, e
 def _scale_up_and_down(run: Run, port: int, deployments: dict, sampler: Sampler, started: float,
                        event: Callable[..., float]) -> None:
     settings = run.settings
-    run.load = load = Load(port, started, max(settings.ramp_clients), deadline_s=900)
+    run.load = load = Load(port, started, max((*settings.ramp_clients, settings.node_loss_clients)), deadline_s=900)
     t0 = event("load ramp", clients=list(settings.ramp_clients), step_s=settings.ramp_step_s)
     steps = []
     for clients in settings.ramp_clients:
