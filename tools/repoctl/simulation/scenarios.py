@@ -28,6 +28,7 @@ from repoctl.simulation.cluster import LOOPBACK, SimulatedCluster, SimulationErr
 from repoctl.simulation.load import Load, summarize
 from repoctl.simulation.observe import Sampler, Snapshot
 from repoctl.simulation.processes import raylet_of
+from repoctl.sockets import is_loopback, listeners
 
 # Serve's worker-node proxies bind this port instead of http_options.port (Ray 2.60
 # serve/_private/constants.py RAY_SERVE_WORKER_PROXY_HTTP_PORT): the nodes share one machine, and
@@ -35,6 +36,8 @@ from repoctl.simulation.processes import raylet_of
 # proxies would route around a dead one).
 WORKER_PROXY_PORT_ENV = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"
 GPU_GROUP = "gpu"
+# The title Ray gives a Serve replica's worker process (`ray::ServeReplica:<app>:<deployment>`).
+REPLICA_TITLE = "ray::ServeReplica:"
 # The Generator's user_config in a simulation unless Settings.language_model: the local bundle's
 # SmolLM2 decodes for seconds per answer on this machine's cores, which every simulated node shares,
 # so a load ramp would measure the decoder, not placement and scaling. The same pin as bench/run.py's
@@ -147,7 +150,8 @@ def _at_min(snap: Snapshot, deployments: dict[str, dict[str, Any]]) -> bool:
 
 
 def placement(snap: Snapshot, deployments: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Where each replica runs, and the GPUs each node's replicas were given."""
+    """Where each replica runs, and the GPUs each node's replicas were given (`placement`, one entry
+    per node that runs a replica; the scenarios' `nodes` is nodes per group)."""
     nodes: dict[str, dict[str, Any]] = {}
     for replica in snap.replicas:
         if replica.state != "ALIVE":
@@ -157,8 +161,9 @@ def placement(snap: Snapshot, deployments: dict[str, dict[str, Any]]) -> dict[st
         node["replicas"].append(replica.deployment)
         node["gpus_given"] += deployments.get(replica.deployment, {}).get("num_gpus", 0)
     gpus = {n.node_id: n.resources.get("GPU", 0.0) for n in snap.nodes if n.alive}
-    return {"nodes": [{**v, "replicas": sorted(v["replicas"]), "gpus_on_node": gpus.get(k, 0.0), "node_id": k[-8:]}
-                      for k, v in sorted(nodes.items(), key=lambda kv: (kv[1]["group"], kv[0]))],
+    ordered = sorted(nodes.items(), key=lambda kv: (kv[1]["group"], kv[0]))
+    return {"placement": [{**v, "replicas": sorted(v["replicas"]), "gpus_on_node": gpus.get(k, 0.0), "node_id": k[-8:]}
+                          for k, v in ordered],
             "replicas": snap.replicas_by_deployment()}
 
 
@@ -199,6 +204,8 @@ def simulate(settings: Settings, on_event: Callable[[str], None] = print) -> Run
     try:
         cluster.start()
         run.local["gcs"] = cluster.gcs_address
+        # Every process of the simulation names this dir on its command line: a test checks none is left.
+        run.local["temp_dir"] = str(cluster.temp_dir)
         run.local["autoscaler"] = cluster.version
         event("cluster started", gcs=cluster.gcs_address, autoscaler=cluster.version)
         cluster.connect()
@@ -208,9 +215,11 @@ def simulate(settings: Settings, on_event: Callable[[str], None] = print) -> Run
             signal.signal(signal.SIGTERM, _interrupt)
         sampler = Sampler(cluster.gcs_address, started)
         _placement(run, simulated, deployments, sampler, event)
+        _listening(run, cluster, "at min_replicas")
         _scale_up_and_down(run, http_port, deployments, sampler, started, event)
         if settings.node_loss:
             _node_loss(run, cluster, deployments, sampler, started, event)
+            _listening(run, cluster, "after node loss")
         _scale_in(run, sampler, event)
     except (SimulationError, RuntimeError, TimeoutError) as exc:
         run.error = f"{type(exc).__name__}: {exc}"
@@ -227,6 +236,27 @@ def simulate(settings: Settings, on_event: Callable[[str], None] = print) -> Run
         run.seconds = round(time.monotonic() - started, 1)
         event("cluster stopped", leftover_pids=run.leftover_pids)
     return run
+
+
+def _listening(run: Run, cluster: SimulatedCluster, when: str) -> None:
+    """Every TCP socket the simulation's processes listen on, recorded while every node of the moment
+    runs: `not_loopback` should be empty. Serve 2.60 binds each replica's inter-deployment gRPC server
+    to [::]:0 in code (ray/serve/_private/replica.py; no option changes it), so those are listed apart,
+    as tests/reliability/test_exposure.py allows them on `make run`'s Ray (token auth refuses callers)."""
+    found = sorted({(_title(pid), address, port) for pid, address, port in listeners(cluster.pids())})
+    exposed = [(title, f"{a}:{p}") for title, a, p in found if not is_loopback(a)]
+    run.local.setdefault("listening", {})[when] = {
+        "sockets": len(found),
+        "replica_grpc_any_address": sorted(title for title, _ in exposed if title.startswith(REPLICA_TITLE)),
+        "not_loopback": [f"{title} {address}" for title, address in exposed if not title.startswith(REPLICA_TITLE)]}
+
+
+def _title(pid: int) -> str:
+    """A process's title (Ray sets `ray::<actor class>` on its workers), '' once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _placement(run: Run, simulated: dict, deployments: dict, sampler: Sampler, event: Callable[..., float]) -> None:
