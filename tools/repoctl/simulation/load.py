@@ -134,8 +134,14 @@ class Load:
         return outcome
 
     def between(self, start: float, end: float) -> list[Outcome]:
+        """The requests sent in [start, end)."""
         with self._lock:
             return [o for o in self.outcomes if start <= o.sent < end]
+
+    def ended_between(self, start: float, end: float) -> list[Outcome]:
+        """The requests whose answer (or failure) came in [start, end)."""
+        with self._lock:
+            return [o for o in self.outcomes if start <= o.sent + o.seconds < end]
 
 
 def summarize(outcomes: Sequence[Outcome], seconds: float) -> dict:

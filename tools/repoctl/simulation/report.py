@@ -15,16 +15,19 @@ from repoctl.simulation.scenarios import Run
 
 
 def load_per_second(load: Load | None, seconds: float) -> list[dict[str, Any]]:
-    if load is None:
+    """Each second from the first request to the last answer, by when the answers came: a second in
+    which requests waited and none came back shows as 0 answers/s (binned by the time a request was
+    sent, a stall would show as a gap, and a line drawn across it)."""
+    if load is None or not load.outcomes:
         return []
+    first = int(min(o.sent for o in load.outcomes))
+    last = int(max(o.sent + o.seconds for o in load.outcomes))
     out = []
-    for t in range(int(seconds) + 1):
-        window = load.between(t, t + 1)
-        if window:
-            s = summarize(window, 1.0)
-            out.append({"t": t, "requests": s["requests"], "answers_per_s": s["answers_per_s"], "p50_ms": s["p50_ms"],
-                        "p99_ms": s["p99_ms"], "failed": s["requests"] - s["answered"],
-                        "not_retryable": s["not_retryable"]})
+    for t in range(first, min(last, int(seconds)) + 1):
+        s = summarize(load.ended_between(t, t + 1), 1.0)
+        out.append({"t": t, "ended": s["requests"], "answers_per_s": s["answers_per_s"], "p50_ms": s["p50_ms"],
+                    "p99_ms": s["p99_ms"], "failed": s["requests"] - s["answered"],
+                    "not_retryable": s["not_retryable"]})
     return out
 
 
