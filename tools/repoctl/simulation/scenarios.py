@@ -224,6 +224,9 @@ def simulate(settings: Settings, on_event: Callable[[str], None] = print) -> Run
     except (SimulationError, RuntimeError, TimeoutError) as exc:
         run.error = f"{type(exc).__name__}: {exc}"
         event("failed", error=run.error)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (_interrupt): stop the cluster and report what was measured
+        run.error = "interrupted (SIGINT or SIGTERM) before the scenarios finished"
+        event("interrupted")
     finally:
         if run.load is not None:
             run.load.stop()
