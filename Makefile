@@ -11,8 +11,10 @@ FROM ?=
 TO ?=
 # bench/run.py sections to run (default: all of them).
 SECTIONS ?=
+# make simulate: the overlay simulated as a multi-node Ray cluster.
+OVERLAY ?= dev
 
-.PHONY: help setup test validate diff run bundle image promote bench reliability serve-config lint lock clean
+.PHONY: help setup test validate diff run bundle image promote bench reliability serve-config simulate lint lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -53,6 +55,10 @@ bench: setup ## benchmarks (not tests), figures in docs/benchmarks.md; one secti
 reliability: setup ## full-size load run (5,000 requests at concurrency 64, dev config, loopback): docs/reliability.md
 	@test -f $(BUNDLE_DIR)/manifest.json || $(MAKE) --no-print-directory bundle
 	@$(PY) tests/reliability/full_size.py --bundle $(BUNDLE_DIR)
+
+simulate: setup ## an overlay as a multi-node Ray cluster with Ray's autoscaler: make simulate OVERLAY=dev (docs/scaling.md)
+	@test -f $(BUNDLE_DIR)/manifest.json || $(MAKE) --no-print-directory bundle
+	@$(REPOCTL) simulate --overlay $(OVERLAY) --bundle $(BUNDLE_DIR)
 
 lint: setup ## ruff
 	@$(VENV)/bin/ruff check .

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 from imagebuild import pushed_image  # noqa: F401  (the app image, built and pushed once: tests/images, tests/cluster)
-from liveray import local_ray  # noqa: F401  (the one session-scoped live Ray: tests/e2e, tests/reliability)
+from liveray import (  # noqa: F401  (the live Ray and its bundle, shared with tests/simulation)
+    local_bundle_dir,
+    local_ray,
+)
 from repoctl.paths import ENVIRONMENTS, ROOT
 from repoctl.render import render_overlay
 

@@ -38,13 +38,22 @@ class LocalRay:
 
 
 @pytest.fixture(scope="session")
-def local_ray(tmp_path_factory: pytest.TempPathFactory, rendered: dict[str, list[dict]]) -> Iterator[LocalRay]:
+def local_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local bundle `make bundle` builds (real all-MiniLM-L6-v2 and SmolLM2, BM25 over the
+    runbooks), built once per test run for every area that serves it (this Ray, tests/simulation)."""
+    bundle_dir = tmp_path_factory.mktemp("local-bundle") / "bundle"
+    build_bundle(bundle_dir, profile="local", corpus_dir=ROOT / "docs" / "runbooks")
+    return bundle_dir
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory: pytest.TempPathFactory, rendered: dict[str, list[dict]],
+              local_bundle_dir: Path) -> Iterator[LocalRay]:
     import ray
     from ray import serve
 
     work = tmp_path_factory.mktemp("e2e")
-    bundle_dir = work / "bundle"
-    build_bundle(bundle_dir, profile="local", corpus_dir=ROOT / "docs" / "runbooks")
+    bundle_dir = local_bundle_dir
     configs = {env: serve_config_of(docs) for env, docs in rendered.items()}
     metrics_port = free_port()
     token_file = work / "ray" / "auth_token"

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "repoctl.promote",
     "repoctl.cluster",
     "repoctl.image",
+    "repoctl.simulation.command",
 )
 
 

@@ -24,3 +24,9 @@ def test_a_gpu_replica_on_the_cpu_provider_refuses_to_start(caplog):
 @pytest.mark.parametrize(("provider", "gpus"), [("CUDAExecutionProvider", ["0"]), ("CPUExecutionProvider", [])])
 def test_cuda_on_a_gpu_and_cpu_without_one_start(provider, gpus):
     require_cuda_when_given_a_gpu("generator", provider, gpu_ids=gpus)
+
+
+def test_a_gpu_replica_on_a_simulated_node_runs_on_the_cpu(monkeypatch):
+    """`repoctl simulate`'s GPU workers declare GPUs without a device (SUPPORT_ASSISTANT_SIMULATED_GPUS=1)."""
+    monkeypatch.setenv("SUPPORT_ASSISTANT_SIMULATED_GPUS", "1")
+    require_cuda_when_given_a_gpu("generator", "CPUExecutionProvider", gpu_ids=["0"])

@@ -31,6 +31,12 @@ OMP_THREADS_ENV = "OMP_NUM_THREADS"
 # when the pool is first used (default: every core). Capped like the session's threads.
 RAYON_THREADS_ENV = "RAYON_NUM_THREADS"
 
+# "1" on every node of a simulated cluster (`repoctl simulate`, tools/repoctl/simulation): its GPUs
+# are Ray resources declared on raylets without a device, so a replica given one runs its model on
+# the CPU. Nothing in a real cluster sets it: there, a replica given a GPU must run on CUDA
+# (serving/deployments.py require_cuda_when_given_a_gpu).
+SIMULATED_GPUS_ENV = "SUPPORT_ASSISTANT_SIMULATED_GPUS"
+
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -64,6 +70,15 @@ def choose_providers(available: list[str] | None = None, env: dict[str, str] | N
     # Only CUDA or CPU by default: other providers present in stock wheels (e.g. Azure) are remote
     # or experimental and must be opted into explicitly.
     return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+def gpus_simulated(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process runs on a simulated cluster's node (SIMULATED_GPUS_ENV is "1")."""
+    env = os.environ if env is None else env
+    raw = env.get(SIMULATED_GPUS_ENV, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{SIMULATED_GPUS_ENV} must be 0 or 1, got {raw!r}")
+    return raw == "1"
 
 
 def intra_op_threads(env: Mapping[str, str] | None = None) -> int:

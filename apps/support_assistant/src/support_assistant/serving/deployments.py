@@ -26,7 +26,7 @@ from support_assistant.config import GeneratorConfig, RerankerConfig, RetrieverC
 from support_assistant.errors import BudgetExpired
 from support_assistant.runtime.bundle import load_bundle
 from support_assistant.runtime.decode_loop import DecodeLoop
-from support_assistant.runtime.session import CUDA
+from support_assistant.runtime.session import CUDA, gpus_simulated
 from support_assistant.schema import (
     Answer,
     GenerationRequest,
@@ -133,7 +133,7 @@ def require_cuda_when_given_a_gpu(model: str, provider: str, gpu_ids: Sequence[A
     """A replica that Ray gave a GPU must run its model on CUDA: silently serving from the CPU would
     hold a GPU idle and answer many times slower than the capacity the config was sized for."""
     gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", []) if gpu_ids is None else gpu_ids
-    if gpu_ids and provider != CUDA:
+    if gpu_ids and provider != CUDA and not gpus_simulated():  # a simulated node's GPUs have no device
         message = (f"{model}: this replica was given GPU {', '.join(map(str, gpu_ids))} but its ONNX session runs "
                    f"on {provider}, not {CUDA} (CUDA libraries missing from the image, or an onnxruntime "
                    f"without CUDA); refusing to start")
