@@ -71,3 +71,10 @@ def test_a_rebuilt_base_changes_the_key(root: Path, monkeypatch: pytest.MonkeyPa
     before = key(root)
     monkeypatch.setattr(image, "_image_id", lambda ref: "3" * 64)
     assert key(root) != before
+
+
+def test_the_bases_a_build_did_not_use_are_the_stale_ones() -> None:
+    names = [BASES.python, BASES.ray, f"{image.BASE_REPOSITORY}:ray-old", f"{image.BASE_REPOSITORY}:python-old",
+             "ghcr.io/acme-platform/support-assistant-cpu:0.1.0-ray2.60.0", "localhost/support-assistant-build:0.1.0"]
+    assert image.stale_bases(names, keep=(BASES.python, BASES.ray)) == [f"{image.BASE_REPOSITORY}:ray-old",
+                                                                       f"{image.BASE_REPOSITORY}:python-old"]

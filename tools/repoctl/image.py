@@ -422,16 +422,27 @@ def build_image(variant: str = "cpu", bases_mode: str = "auto", image: str | Non
     _relabel_if_stale(ref, {"org.opencontainers.image.revision": args["VCS_REF"],
                             "org.opencontainers.image.source": args["SOURCE_URL"], INPUTS_LABEL: inputs})
     labels = image_labels(ref)
-    prune()
+    prune(bases)
     return Built(ref, bases, bundle_sha, labels)
 
 
-def prune() -> None:
-    """Remove the images a build superseded (untagged, no child): an earlier build's app image and its layers.
-    The tagged images and every layer under them stay, so the next build with the same inputs is cached."""
+def prune(bases: Bases) -> None:
+    """Remove what a build superseded: Debian-made bases made from other inputs (each new key is a new tag, so
+    they would stay forever), then every untagged image without a child (an earlier build's app image and its
+    layers). The bases just used, the tagged app images and every layer under them stay, so the next build
+    from the same inputs is cached. A stale base still under another tagged image (the other variant) stays."""
+    names = buildah("images", "--format", "{{.Name}}:{{.Tag}}").stdout.split()
+    for ref in stale_bases(names, keep=(bases.python, bases.ray)):
+        if buildah("rmi", ref, check=False).returncode == 0:
+            log(f"removed {ref}: a base made from other inputs")
     removed = [line for line in buildah("rmi", "--prune").stdout.splitlines() if line.strip()]
     log(f"removed {len(removed)} superseded image(s); buildah storage {_size(CONTAINERS / 'storage') / 1e9:.1f} GB "
         f"in {CONTAINERS}")
+
+
+def stale_bases(names: Sequence[str], keep: Sequence[str]) -> list[str]:
+    """The Debian-made bases among `names` (repository:tag) that are not in `keep`."""
+    return [name for name in names if name.startswith(f"{BASE_REPOSITORY}:") and name not in keep]
 
 
 def _size(path: Path) -> int:
