@@ -256,11 +256,21 @@ def test_the_app_layer_is_applied_server_side_and_reconciled_by_the_operator(syn
 def test_the_health_check_reports_the_rayservice_state(sync: Sync, first_sync: dict) -> None:
     """The repository's healthCheckExprs, evaluated by kustomize-controller on the live RayService: not
     Ready (Initializing) is in progress, so the Kustomization times out naming it, never Ready."""
-    app = wait_flux(sync.cluster, "kustomization", APP,
-                    lambda k: (condition(k, "Ready") or {}).get("reason") == "HealthCheckFailed",
-                    f"Kustomization {APP} to report the RayService's health", timeout=120)  # fmt: skip
-    message = condition(app, "Ready")["message"]
-    assert f"RayService/{APP_NAMESPACE}/support-assistant status: 'InProgress'" in message, ready(app)
+    expected = f"RayService/{APP_NAMESPACE}/support-assistant status: 'InProgress'"
+    handled = None
+    # On a loaded machine a health check can end in kustomize-controller's own client throttle ("client rate
+    # limiter Wait ... would exceed context deadline") before it read the RayService: that says nothing of the
+    # RayService, so ask for another reconcile (as `flux reconcile` would) and judge that one; at most twice.
+    for _ in range(3):
+        app = wait_flux(sync.cluster, "kustomization", APP,
+                        lambda k, handled=handled: (condition(k, "Ready") or {}).get("reason") == "HealthCheckFailed"
+                        and (handled is None or k.get("status", {}).get("lastHandledReconcileAt") == handled),
+                        f"Kustomization {APP} to report the RayService's health", timeout=120)  # fmt: skip
+        message = condition(app, "Ready")["message"]
+        if "client rate limiter" not in message:
+            break
+        handled = reconcile(sync.cluster, "kustomization", APP)
+    assert expected in message, ready(app)
 
 
 # --- drift, autoscaler-owned replicas -------------------------------------------------------------------
