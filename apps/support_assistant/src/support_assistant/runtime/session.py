@@ -72,13 +72,18 @@ def choose_providers(available: list[str] | None = None, env: dict[str, str] | N
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
+def _switch(name: str, env: Mapping[str, str] | None) -> bool:
+    """An on/off variable: "1" on, "0" or unset off; anything else is refused, naming the variable."""
+    env = os.environ if env is None else env
+    raw = env.get(name, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
 def gpus_simulated(env: Mapping[str, str] | None = None) -> bool:
     """Whether this process runs on a simulated cluster's node (SIMULATED_GPUS_ENV is "1")."""
-    env = os.environ if env is None else env
-    raw = env.get(SIMULATED_GPUS_ENV, "").strip()
-    if raw not in ("", "0", "1"):
-        raise ValueError(f"{SIMULATED_GPUS_ENV} must be 0 or 1, got {raw!r}")
-    return raw == "1"
+    return _switch(SIMULATED_GPUS_ENV, env)
 
 
 def intra_op_threads(env: Mapping[str, str] | None = None) -> int:
@@ -102,11 +107,7 @@ def intra_op_threads(env: Mapping[str, str] | None = None) -> int:
 
 def spinning(env: Mapping[str, str] | None = None) -> bool:
     """Whether idle intra-op threads spin: only when `SUPPORT_ASSISTANT_ORT_SPIN` is "1"."""
-    env = os.environ if env is None else env
-    raw = env.get(SPIN_ENV, "").strip()
-    if raw not in ("", "0", "1"):
-        raise ValueError(f"{SPIN_ENV} must be 0 or 1, got {raw!r}")
-    return raw == "1"
+    return _switch(SPIN_ENV, env)
 
 
 def cap_tokenizer_threads(threads: int, env: MutableMapping[str, str] | None = None) -> None:
