@@ -23,6 +23,7 @@ import pytest
 import yaml
 from imagebuild import REPOSITORY, PushedImage
 from liveray import free_port
+from procs import cmdline, descendants, uid
 from repoctl import image
 from repoctl.local_run import EXAMPLE_QUESTION, LOOPBACK_SWITCH, local_overlay, logical_cpus_needed
 from repoctl.paths import BIN, ROOT, versions
@@ -141,43 +142,6 @@ class Served:
     proc: subprocess.Popen
 
 
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _uid(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def post(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
@@ -219,7 +183,7 @@ def served(pushed_image: PushedImage) -> Iterator[Served]:
         try:
             deadline, status = time.monotonic() + 300, None
             while time.monotonic() < deadline and proc.poll() is None:
-                served.pids |= _descendants(proc.pid)
+                served.pids |= descendants(proc.pid)
                 try:
                     status, _ = post(f"{served.url}/v1/answer", {"question": EXAMPLE_QUESTION, "top_k": 3}, timeout=20)
                     if status == 200:
@@ -231,7 +195,7 @@ def served(pushed_image: PushedImage) -> Iterator[Served]:
                 log.flush()
                 pytest.fail(f"serve run in the container never answered 200 (last {status}, exit {proc.poll()}): "
                             f"{(etc / 'serve.log').read_text()[-3000:]}")
-            served.pids |= _descendants(proc.pid)
+            served.pids |= descendants(proc.pid)
             yield served
         finally:
             _stop(served)
@@ -241,14 +205,14 @@ def served(pushed_image: PushedImage) -> Iterator[Served]:
 
 def _stop(served: Served) -> None:
     """SIGINT to `serve run` (it shuts Serve and its Ray down), then SIGKILL to whatever of ours is left."""
-    served.pids |= _descendants(served.proc.pid)
-    serve_pids = [p for p in served.pids if "serve run" in _cmdline(p) and _uid(p) == RUNTIME_UID]
+    served.pids |= descendants(served.proc.pid)
+    serve_pids = [p for p in served.pids if "serve run" in cmdline(p) and uid(p) == RUNTIME_UID]
     for pid in serve_pids:
         os.kill(pid, signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
         served.proc.wait(60)
     for pid in sorted(served.pids | {served.proc.pid}):
-        if _uid(pid) is not None:
+        if uid(pid) is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     served.proc.wait(30)
@@ -279,10 +243,10 @@ def test_serve_in_the_container_answers_the_readme_request_from_the_baked_bundle
 
 
 def test_every_process_of_the_container_runs_as_the_non_root_user(served: Served) -> None:
-    served.pids |= _descendants(served.proc.pid)
+    served.pids |= descendants(served.proc.pid)
     # buildah itself (and the chroot helper it re-executes as) are root on the host; what runs in the
     # container is the image's USER.
-    inside = {pid: _uid(pid) for pid in served.pids if "buildah" not in _cmdline(pid) and _uid(pid) is not None}
+    inside = {pid: uid(pid) for pid in served.pids if "buildah" not in cmdline(pid) and uid(pid) is not None}
     assert inside, "no process of the container found"
-    assert {uid for uid in inside.values()} == {RUNTIME_UID}, {p: (u, _cmdline(p)[:80]) for p, u in inside.items()}
-    assert any("raylet" in _cmdline(pid) for pid in inside), "Ray's raylet is not among the container's processes"
+    assert set(inside.values()) == {RUNTIME_UID}, {p: (u, cmdline(p)[:80]) for p, u in inside.items()}
+    assert any("raylet" in cmdline(pid) for pid in inside), "Ray's raylet is not among the container's processes"

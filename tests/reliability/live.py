@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import socket
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from procs import cmdline, descendants
 from repoctl.local_run import deploy, local_serve_config
 
 APP = "support-assistant"
@@ -42,31 +42,6 @@ def deploy_dev(local_ray: Any, config: dict | None = None) -> dict:
     config = config or dev_config(local_ray)
     deploy(config)
     return config
-
-
-def descendants(root: int | None = None) -> set[int]:
-    """This process and every process it started (the session's Ray: GCS, raylet, workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    todo, seen = [root or os.getpid()], set()
-    while todo:
-        pid = todo.pop()
-        seen.add(pid)
-        todo.extend(children.get(pid, []))
-    return seen
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def replica_pids(deployment_name: str) -> list[int]:

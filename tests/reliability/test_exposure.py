@@ -8,7 +8,8 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from live import STAGE_DEPLOYMENTS, deploy_dev, descendants, replica_pids
+from live import STAGE_DEPLOYMENTS, deploy_dev, replica_pids
+from procs import descendants
 from repoctl.sockets import is_loopback, listeners
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
