@@ -24,17 +24,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
+from repoctl.local_run import LOAD_QUESTIONS
 
-QUESTIONS = (
-    "My RayService is stuck initializing after a deploy. What should I check first?",
-    "Worker pod stays Pending because no node has a free nvidia.com/gpu",
-    "serve replica keeps restarting",
-    "the head pod was OOMKilled",
-    "requests time out in the reranker",
-    "Serve deployment is unhealthy after an upgrade",
-    "GCS fault tolerance redis connection refused",
-    "autoscaler does not add GPU workers",
-)
 LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
 
 
@@ -115,7 +106,7 @@ async def _one(session: aiohttp.ClientSession, url: str, question: str, timeout_
 
 
 async def run_load(base_url: str, total: int, concurrency: int, *, timeout_s: float = 90.0,
-                   questions: Sequence[str] = QUESTIONS, max_wait_s: float = 5.0, seed: int = 11) -> Report:
+                   questions: Sequence[str] = LOAD_QUESTIONS, max_wait_s: float = 5.0, seed: int = 11) -> Report:
     """Send `total` POST /v1/answer requests from `concurrency` closed-loop clients."""
     require_loopback(base_url)
     url = f"{base_url}/v1/answer"

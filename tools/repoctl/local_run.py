@@ -29,6 +29,18 @@ from repoctl.paths import ENVIRONMENTS, ROOT
 from repoctl.render import RenderError, ray_serve_env_of, render_overlay, serve_config_of
 
 EXAMPLE_QUESTION = "My RayService is stuck initializing after a deploy. What should I check first?"
+# The mix of questions load sends (the load tests' loadgen, `make simulate`): the README's first, then operator
+# questions of several lengths, each one a runbook answers.
+LOAD_QUESTIONS = (
+    EXAMPLE_QUESTION,
+    "Worker pod stays Pending because no node has a free nvidia.com/gpu",
+    "serve replica keeps restarting",
+    "the head pod was OOMKilled",
+    "requests time out in the reranker",
+    "Serve deployment is unhealthy after an upgrade",
+    "GCS fault tolerance redis connection refused",
+    "autoscaler does not add GPU workers",
+)
 
 
 def local_serve_config(config: dict, bundle_dir: Path, port: int = 8000) -> dict:

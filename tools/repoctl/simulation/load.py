@@ -19,14 +19,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-QUESTIONS = (
-    "My RayService is stuck initializing after a deploy. What should I check first?",
-    "Worker pod stays Pending because no node has a free nvidia.com/gpu",
-    "serve replica keeps restarting",
-    "the head pod was OOMKilled",
-    "requests time out in the reranker",
-    "autoscaler does not add GPU workers",
-)
+from repoctl.local_run import LOAD_QUESTIONS
+
 RETRYABLE = (429, 503)
 
 
@@ -68,7 +62,7 @@ class Load:
         self._active = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._questions = itertools.cycle(QUESTIONS)
+        self._questions = itertools.cycle(LOAD_QUESTIONS)
         self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(max_clients)]
         for thread in self._threads:
             thread.start()
