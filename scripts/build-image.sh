@@ -2,8 +2,9 @@
 # `make image`: build images/Dockerfile with the versions from versions.env, push it, and print its
 # digest and the command that records it in overlays/dev. With a Docker engine with buildx (and a
 # registry login, `docker login ghcr.io`) it builds with buildx; without one, with buildah
-# (`repoctl image build`: vfs storage and chroot isolation in ~/.cache/support-assistant/containers, Debian-made bases
-# where the pinned upstream ones cannot be pulled). See images/README.md.
+# (`repoctl image build`: overlay storage, else vfs, and chroot isolation in
+# ~/.cache/support-assistant/containers; Debian-made bases where the pinned upstream ones cannot be
+# pulled). See images/README.md.
 #
 # Environment (all optional):
 #   VARIANT=gpu|cpu      gpu (default): the image the overlays run; cpu: <IMAGE>-cpu, for local smoke runs

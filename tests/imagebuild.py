@@ -6,8 +6,8 @@ local bundle profile; the pinned upstream bases where they can be pulled, else t
 cached by its inputs in buildah's per-user storage (repoctl.image.CONTAINERS), so a warm run only re-checks
 the layers. The registry is `crane registry serve` on 127.0.0.1 (bin/crane, CRANE_VERSION), this run's
 alone, stopped at the end.
-Where buildah, mmdebstrap or crane is missing, or we are not root (buildah's chroot isolation and vfs
-storage need it here), the tests that need the image skip and name what is missing.
+Where buildah, mmdebstrap or crane is missing, or we are not root (buildah's chroot isolation and its
+storage, overlay or vfs, need it here), the tests that need the image skip and name what is missing.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def missing_prerequisites() -> str | None:
         return (f"image tests did not run: {', '.join(missing)} not installed (`make setup` installs them on "
                 f"Debian as root; elsewhere install buildah and mmdebstrap: images/README.md)")
     if os.geteuid() != 0:
-        return "image tests did not run: buildah's vfs storage and chroot isolation under .cache need root here"
+        return "image tests did not run: buildah's chroot isolation and its storage under .cache need root here"
     return None
 
 

@@ -3,10 +3,12 @@
     repoctl image bases                    make (or reuse) the Debian-made Python and Ray bases
     repoctl image build [--variant cpu]    build the app image with buildah (PUSH=1: push a release)
 
-Everything buildah keeps lives in one per-user cache, ~/.cache/support-assistant/containers (vfs storage,
-chroot isolation, no daemon, nothing in /var/lib/containers; SUPPORT_ASSISTANT_CONTAINERS moves it). It is
-outside the checkout, like Go's build cache, because vfs keeps every layer as a full copy (about 11 GB for
-one build's layers): every clone reuses the same bases and layers instead of holding its own. The bases are
+Everything buildah keeps lives in one per-user cache, ~/.cache/support-assistant/containers (chroot
+isolation, no daemon, nothing in /var/lib/containers; SUPPORT_ASSISTANT_CONTAINERS moves it). Its storage
+driver is overlay where the kernel mounts overlayfs on that folder (root on a plain filesystem), else vfs,
+which keeps every layer as a full copy (about 11 GB for one build's layers, and as much again while a build
+replaces them); SUPPORT_ASSISTANT_STORAGE_DRIVER=overlay|vfs chooses. The cache is outside the checkout, like
+Go's build cache: every clone reuses the same bases and layers instead of holding its own. The bases are
 keyed by their inputs (Debian suite, package list, Ray version, constraints.txt), so a rebuild with the same
 inputs reuses them; the Dockerfile's steps are cached as buildah layers, pip's downloads in a cache mount
 under its tmp/, and each build ends by removing the images it superseded (`buildah rmi --prune`).
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -70,14 +73,50 @@ def buildah_env() -> dict[str, str]:
     return env
 
 
+DRIVERS = ("overlay", "vfs")
+
+
+@functools.cache
+def storage_driver() -> str:
+    """overlay where the kernel mounts overlayfs in CONTAINERS (tried once, as buildah would mount it),
+    else vfs; SUPPORT_ASSISTANT_STORAGE_DRIVER chooses instead."""
+    chosen = os.environ.get("SUPPORT_ASSISTANT_STORAGE_DRIVER", "")
+    if chosen:
+        if chosen not in DRIVERS:
+            raise ImageError(f"SUPPORT_ASSISTANT_STORAGE_DRIVER must be overlay or vfs (got {chosen!r})")
+        return chosen
+    return "overlay" if _overlay_mounts(_tmp()) else "vfs"
+
+
+def _overlay_mounts(where: Path) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    with tempfile.TemporaryDirectory(dir=where, prefix="overlay-probe-") as tmp:
+        lower, upper, work, merged = (Path(tmp) / name for name in ("lower", "upper", "work", "merged"))
+        for path in (lower, upper, work, merged):
+            path.mkdir()
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
+                                 capture_output=True, check=False).returncode == 0
+        if mounted:
+            subprocess.run(["umount", str(merged)], capture_output=True, check=False)
+        return mounted
+
+
+def storage_root(driver: str) -> Path:
+    # One folder per driver: a storage made by one cannot be opened by the other. "storage" is vfs's, the
+    # name it had when vfs was the only driver, so an existing vfs cache stays usable.
+    return CONTAINERS / ("storage" if driver == "vfs" else f"storage-{driver}")
+
+
 def buildah_command(*args: str) -> list[str]:
     """buildah on this project's storage (CONTAINERS), as every call here and in the tests runs it."""
     if shutil.which("buildah") is None:
         raise ImageError("buildah is not installed: `make setup` installs it on Debian as root "
                          "(elsewhere: install buildah, see images/README.md)")
-    (CONTAINERS / "tmp").mkdir(parents=True, exist_ok=True)
-    return ["buildah", "--root", str(CONTAINERS / "storage"), "--runroot", str(CONTAINERS / "run"),
-            "--storage-driver", "vfs", *args]
+    driver = storage_driver()
+    return ["buildah", "--root", str(storage_root(driver)), "--runroot", str(CONTAINERS / f"run-{driver}"),
+            "--storage-driver", driver, *args]
 
 
 def buildah(*args: str, capture: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -377,6 +416,7 @@ def build_image(variant: str = "cpu", bases_mode: str = "auto", image: str | Non
         raise ImageError(f"VARIANT must be gpu or cpu (got {variant!r})")
     pinned = versions()
     profile = profile or ("production" if release else "local")
+    drop_unused_vfs_storage()
     bases = choose_bases(bases_mode, variant, release)
     log(bases.describe())
     app_version, ray_version = _app_version(), pinned["RAY_VERSION"]
@@ -405,7 +445,8 @@ def build_image(variant: str = "cpu", bases_mode: str = "auto", image: str | Non
         with tempfile.TemporaryDirectory(dir=_tmp()) as tmp:
             secrets = pip_secrets(Path(tmp))
             # docker format: OCI image configs have no SHELL, and the Dockerfile's RUN steps rely on bash -o pipefail.
-            common = ["bud", "--isolation", "chroot", "--format", "docker", "--layers", "--pull-never",
+            # --force-rm: a failed step's container would otherwise stay, a root filesystem's worth with vfs.
+            common = ["bud", "--isolation", "chroot", "--format", "docker", "--layers", "--pull-never", "--force-rm",
                       "--file", "images/Dockerfile", *secrets.buildah_args()]
             for name, value in args.items():
                 common += ["--build-arg", f"{name}={value}"]
@@ -426,6 +467,18 @@ def build_image(variant: str = "cpu", bases_mode: str = "auto", image: str | Non
     return Built(ref, bases, bundle_sha, labels)
 
 
+def drop_unused_vfs_storage() -> None:
+    """Remove the vfs storage of builds from before overlay was tried, where overlay was chosen for this
+    machine (not by SUPPORT_ASSISTANT_STORAGE_DRIVER): nothing opens it again, and it holds a full copy of
+    the root filesystem per layer, disk a build needs."""
+    vfs = storage_root("vfs")
+    if os.environ.get("SUPPORT_ASSISTANT_STORAGE_DRIVER") or not vfs.is_dir() or storage_driver() != "overlay":
+        return
+    size = _size(vfs)
+    subprocess.run(["rm", "-rf", str(vfs), str(CONTAINERS / "run")], check=False)
+    log(f"removed the vfs storage of earlier builds ({size / 1e9:.1f} GB, {vfs}): overlay mounts here")
+
+
 def prune(bases: Bases) -> None:
     """Remove what a build superseded: Debian-made bases made from other inputs (each new key is a new tag, so
     they would stay forever), then every untagged image without a child (an earlier build's app image and its
@@ -436,8 +489,9 @@ def prune(bases: Bases) -> None:
         if buildah("rmi", ref, check=False).returncode == 0:
             log(f"removed {ref}: a base made from other inputs")
     removed = [line for line in buildah("rmi", "--prune").stdout.splitlines() if line.strip()]
-    log(f"removed {len(removed)} superseded image(s); buildah storage {_size(CONTAINERS / 'storage') / 1e9:.1f} GB "
-        f"in {CONTAINERS}")
+    driver = storage_driver()
+    log(f"removed {len(removed)} superseded image(s); buildah storage ({driver}) "
+        f"{_size(storage_root(driver)) / 1e9:.1f} GB in {CONTAINERS}")
 
 
 def stale_bases(names: Sequence[str], keep: Sequence[str]) -> list[str]:
@@ -510,7 +564,8 @@ def _relabel_if_stale(ref: str, want: dict[str, str]) -> None:
     stale = {name: value for name, value in want.items() if labels.get(name) != value}
     if not stale:
         return
-    log(f"buildah's layer cache kept stale labels {sorted(stale)}; setting them")
+    log(f"setting labels {sorted(stale)} (the inputs key is set after the build; a cached LABEL step can keep "
+        f"an earlier commit's)")
     container = buildah("from", "--pull-never", ref).stdout.strip()
     try:
         config = ["config"]
