@@ -122,3 +122,54 @@ def test_a_request_waiting_for_a_row_leaves_at_its_deadline_while_the_batch_stay
         loop.close()
     assert waiting.truncated and generation.tokens == 0
     assert drawn_by_then < long_generation.tokens, "it waited for the batch to free a row"
+
+
+def test_a_waiting_request_with_less_time_left_than_a_sequence_takes_leaves_before_its_deadline(decoder):
+    # Once steps are measured, a request that could not finish even if it joined now does not wait out
+    # its budget (under a burst, all of those would time out together): it leaves at once, not started.
+    loop = DecodeLoop(decoder, max_batch=1, deadline_reserve_s=0.0)
+
+    async def main():
+        long = loop.submit(decoder.new_sequence(PROMPTS[0], decoder.max_context - 40))
+        while loop.steps < 3:
+            await asyncio.sleep(0.001)
+        seq = decoder.new_sequence(PROMPTS[1], decoder.max_context - 40)
+        # Nothing finished yet, so a sequence is estimated at its whole token budget.
+        assert loop.sequence_s(seq) >= loop.step_s * (decoder.max_context - 40) > 0
+        # More time than the reserve, half what the sequence would take.
+        deadline = time.time() + loop.reserve_s() + loop.sequence_s(seq) / 2
+        waiting = loop.submit(seq, deadline_s=deadline)
+        generation = await waiting.result()
+        settled = time.time()
+        drawn_by_then = len(long.seq.generated)
+        long.cancel()
+        await long.result()
+        return waiting, generation, settled, deadline, drawn_by_then
+
+    try:
+        waiting, generation, settled, deadline, drawn_by_then = _run(main())
+    finally:
+        loop.close()
+    assert waiting.not_started and waiting.truncated and generation.tokens == 0
+    assert settled < deadline, "it waited out its budget"
+    assert drawn_by_then < decoder.max_context - 40, "the batch was still busy with the long request"
+
+
+def test_nothing_measured_yet_means_the_first_requests_join(decoder):
+    loop = DecodeLoop(decoder)
+    seq = decoder.new_sequence(PROMPTS[0], 12)
+    assert loop.sequence_s(seq) == 0.0 and loop.reserve_s() == loop.deadline_reserve_s
+
+    async def main():
+        ticket = loop.submit(seq, deadline_s=time.time() + 30)
+        return ticket, await ticket.result()
+
+    try:
+        ticket, generation = _run(main())
+    finally:
+        loop.close()
+    assert not ticket.not_started and generation.tokens > 0
+    # What it measured: a prefill, its steps, and the tokens this answer came to.
+    assert loop.prefill_s > 0 and loop.step_s > 0 and loop.answer_tokens == generation.tokens
+    assert loop.sequence_s(decoder.new_sequence(PROMPTS[1], 100)) == pytest.approx(
+        loop.prefill_s + loop.step_s * generation.tokens)

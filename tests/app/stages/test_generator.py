@@ -1,10 +1,14 @@
+import asyncio
+import time
 from dataclasses import replace
 
 import pytest
+from support_assistant.runtime.decode_loop import DecodeLoop
 from support_assistant.runtime.decoder import Decoder
 from support_assistant.runtime.encoder import load_reranker
 from support_assistant.schema import GenerationRequest, RankedPassage
 from support_assistant.stages.generator import (
+    NOT_STARTED,
     PROMPT_STOP,
     PROMPT_SYSTEM,
     AbstractiveGenerator,
@@ -187,3 +191,30 @@ def test_extractive_takes_the_rerankers_question_vector_from_the_same_graph_only
     wrong_size = with_(handed_on, values=handed_on.values[:10])
     generator.answer(GenerationRequest(question, reranked.passages, wrong_size))
     assert counting.embedded == 3
+
+
+def test_a_request_the_busy_decoder_let_go_gets_the_extractive_answer_saying_why(decoder, encoder):
+    """A request the decode loop lets go before it joins (too little time left for a sequence, the batch
+    full) gets the extractive answer, cited, with the reason, and no draft: not a 504 at its deadline."""
+    generator = _abstractive(decoder, encoder, max_prompt_tokens=900, max_new_tokens=decoder.max_context // 2)
+    loop = DecodeLoop(decoder, max_batch=1, deadline_reserve_s=0.0)
+    request = GenerationRequest("why is my gpu pod pending", PASSAGES)
+
+    async def main():
+        busy = loop.submit(decoder.new_sequence("keep the batch busy", decoder.max_context - 40))
+        while loop.steps < 3:
+            await asyncio.sleep(0.001)
+        _, seq = generator.start(request)
+        answer = await generator.answer_in(loop, request, deadline_s=time.time() + loop.reserve_s()
+                                           + loop.sequence_s(seq) / 2)
+        busy.cancel()
+        await busy.result()
+        return answer
+
+    try:
+        answer = asyncio.run(asyncio.wait_for(main(), timeout=60))
+    finally:
+        loop.close()
+    assert answer.mode == "extractive_fallback" and answer.fallback_reason == NOT_STARTED
+    assert answer.text == generator.fallback.answer(request).text and answer.cited
+    assert answer.tokens == 0 and answer.truncated and answer.draft == ""

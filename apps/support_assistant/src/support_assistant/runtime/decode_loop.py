@@ -9,6 +9,14 @@ its sequence finishes, when its deadline comes (the result is what was generated
 `truncated`, so a stage budget never turns finished work into a 504), or when it is cancelled (a
 client that went away): its rows are freed at the next step.
 
+A request that is still waiting for a row leaves without decoding (`not_started`) once the time
+it has left is shorter than a sequence takes here (measured: decode steps, prefills and the tokens
+answers came to, as running averages): under a burst that the batch cannot serve in time, the
+requests beyond it get the stage's fallback answer at once instead of waiting out their budget and
+timing out together (each with the guard and the way back still to run on the busy replica). The
+time a request keeps back before its deadline grows with the measured step and prefill too, so
+the loop's next iteration cannot overrun it.
+
 No Ray here: the Serve deployment (serving/deployments.py) and the tests drive the same object.
 """
 
@@ -36,6 +44,8 @@ class Ticket:
     submitted: float = field(default_factory=time.perf_counter)
     first_token_s: float | None = None  # seconds from submit to its first token
     truncated: bool = False  # its deadline came before the sequence finished
+    not_started: bool = False  # it left while waiting for a row: too little time left to decode
+    joined: float | None = None  # perf_counter() when it joined the batch
     cancelled: bool = False
     _loop: asyncio.AbstractEventLoop | None = None
     _done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -89,6 +99,11 @@ class DecodeLoop:
         self.on_first_token = on_first_token
         self.steps = 0
         self.prefills = 0
+        # Running averages (None until measured) of one decode step, one prefill, and the tokens a
+        # finished answer came to: what a sequence that joined now would take.
+        self.step_s: float | None = None
+        self.prefill_s: float | None = None
+        self.answer_tokens: float | None = None
         self._batch = DecodeBatch(decoder)
         self._tickets: dict[int, Ticket] = {}  # id(seq) -> ticket, for the rows in the batch
         self._pending: list[Ticket] = []
@@ -144,9 +159,12 @@ class DecodeLoop:
                 self._leave_expired_and_cancelled(joining)
                 joining = [t for t in joining if not (t.cancelled or t.truncated)]
                 if joining:
+                    started = time.perf_counter()
                     self._batch.add([t.seq for t in joining])
+                    self.prefill_s = _average(self.prefill_s, time.perf_counter() - started)
                     self.prefills += 1
                     for t in joining:
+                        t.joined = started
                         self._tickets[id(t.seq)] = t
                         t.first_token_s = time.perf_counter() - t.submitted
                         if self.on_first_token is not None:
@@ -157,6 +175,7 @@ class DecodeLoop:
                     started = time.perf_counter()
                     self._batch.step()
                     self.steps += 1
+                    self.step_s = _average(self.step_s, time.perf_counter() - started)
                     if self.on_decode is not None:
                         self.on_decode(time.perf_counter() - started, len(rows))
                     self._after_run(rows)
@@ -168,23 +187,43 @@ class DecodeLoop:
                 self._tickets.clear()
                 self._batch = DecodeBatch(self.decoder)
 
+    def reserve_s(self) -> float:
+        """Seconds before its deadline that a request in the batch leaves: the configured reserve,
+        plus one step and one prefill as measured (the loop checks deadlines between them)."""
+        return self.deadline_reserve_s + (self.step_s or 0.0) + (self.prefill_s or 0.0)
+
+    def sequence_s(self, seq: SequenceState) -> float:
+        """What a sequence that joined the batch now would take to finish, as measured so far (0
+        before anything was measured: the first requests join)."""
+        if self.step_s is None:
+            return 0.0
+        tokens = min(seq.budget, self.answer_tokens if self.answer_tokens is not None else seq.budget)
+        return (self.prefill_s or 0.0) + self.step_s * tokens
+
     def _leave_expired_and_cancelled(self, joining: list[Ticket]) -> None:
         now = time.time()
+        reserve = self.reserve_s()
 
-        def leaving(ticket: Ticket) -> bool:
-            expired = ticket.deadline_s is not None and now >= ticket.deadline_s - self.deadline_reserve_s
-            return ticket.cancelled or expired
+        def expired(ticket: Ticket, needs_s: float = 0.0) -> bool:
+            return ticket.deadline_s is not None and now >= ticket.deadline_s - reserve - needs_s
 
-        # Those still waiting for a row leave too: a full batch would otherwise hold them past
-        # their budget and the stage would time out (504) instead of answering truncated.
+        # Those still waiting for a row leave too, as soon as what they have left is less than a
+        # sequence takes: a full batch would otherwise hold them past their budget and the stage
+        # would time out (504) instead of answering.
         waited_out: list[Ticket] = []
         with self._wake:
             staying: list[Ticket] = []
             for ticket in self._pending:
-                (waited_out if leaving(ticket) else staying).append(ticket)
+                gone = ticket.cancelled or expired(ticket, self.sequence_s(ticket.seq))
+                (waited_out if gone else staying).append(ticket)
             self._pending = staying
-        for ticket in [*self._tickets.values(), *joining, *waited_out]:
-            if leaving(ticket):
+        for ticket in [*joining, *waited_out]:
+            if ticket.cancelled or expired(ticket, self.sequence_s(ticket.seq)):
+                ticket.not_started = not ticket.cancelled
+                ticket.truncated = not ticket.cancelled
+                self._settle(ticket)
+        for ticket in list(self._tickets.values()):
+            if ticket.cancelled or expired(ticket):
                 ticket.truncated = not ticket.cancelled
                 self._batch.remove(ticket.seq)
                 self._tickets.pop(id(ticket.seq), None)
@@ -194,6 +233,7 @@ class DecodeLoop:
         for ticket in tickets:
             if ticket.seq.finish is not None:
                 self._tickets.pop(id(ticket.seq), None)
+                self.answer_tokens = _average(self.answer_tokens, float(len(ticket.seq.generated)))
                 self._settle(ticket)
             else:
                 ticket._text = self._shown_text(ticket.seq)
@@ -226,3 +266,8 @@ class DecodeLoop:
         if ticket._loop.is_closed():
             return
         ticket._loop.call_soon_threadsafe(wake)
+
+
+def _average(current: float | None, sample: float, weight: float = 0.2) -> float:
+    """An exponentially weighted running average (the first sample starts it)."""
+    return sample if current is None else current + weight * (sample - current)

@@ -213,6 +213,9 @@ class AbstractiveGenerator:
         finally:
             ticket.cancel()  # a no-op once it finished
         # The guard runs the encoder: off the event loop, which keeps streaming other requests.
+        if ticket.not_started:  # nothing to guard: the fallback, without the guard's encoder run
+            yield await asyncio.to_thread(self.not_started, request, prompt, generation)
+            return
         yield await asyncio.to_thread(self.finish, request, prompt, generation, ticket.truncated)
 
     async def answer_in(self, loop: DecodeLoop, request: GenerationRequest,
@@ -240,10 +243,21 @@ class AbstractiveGenerator:
         if grounded.kept:
             return Answer(text=grounded.text, mode=self.mode, cited=grounded.cited, provider=self.provider,
                           model=self.decoder.name, **common)
-        reason = _fallback_reason(generation, grounded)
+        return self._fallback_answer(request, _fallback_reason(generation, grounded), common)
+
+    def not_started(self, request: GenerationRequest, prompt: Prompt, generation: Generation) -> Answer:
+        """The fallback for a request the decode loop let go before it joined the batch."""
+        common = {"tokens": generation.tokens, "finish_reason": generation.finish_reason, "truncated": True,
+                  "prompt_tokens": prompt.tokens, "unsupported_sentences": 0, "invalid_citations": [], "draft": ""}
+        return self._fallback_answer(request, NOT_STARTED, common)
+
+    def _fallback_answer(self, request: GenerationRequest, reason: str, common: dict) -> Answer:
         extractive = self.fallback.answer(request)
         return Answer(text=extractive.text, mode=self.fallback_mode, cited=extractive.cited, provider=self.provider,
                       model=extractive.model, fallback_reason=reason, **common)
+
+
+NOT_STARTED = "the decoder was busy: no room in its batch to write this answer within the stage's budget"
 
 
 def _fallback_reason(generation: Generation, grounded: Grounded) -> str:
