@@ -124,3 +124,39 @@ def first_streamed_token(port: int, questions: list[str], requests: int, timeout
             "first_token_p90_ms": round(percentile(firsts, 90), 1),
             "answer_event_p50_ms": round(percentile(totals, 50), 1),
             "mean_tokens": round(sum(tokens) / len(tokens), 1)}
+
+
+def burst(port: int, question: str, clients: int, requests: int, timeout_s: float = 60) -> dict[str, Any]:
+    """`requests` POSTs of one question from `clients` threads at once, as a busy morning sends them:
+    how each ended (status, and for a 200 the answer's mode and fallback reason) and how long it took."""
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> tuple[str, float]:
+        started = time.perf_counter()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+        try:
+            connection.request("POST", "/v1/answer", json.dumps({"question": question, "top_k": 3}),
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            body = json.loads(response.read() or b"{}")
+            if response.status == 200:
+                reason = (body.get("generation") or {}).get("fallback_reason")
+                outcome = body.get("generator_mode", "?") + (f" ({reason})" if reason else "")
+            else:
+                outcome = f"{response.status} {(body.get('error') or {}).get('code', '')}".strip()
+        except (OSError, ValueError) as exc:
+            outcome = type(exc).__name__
+        finally:
+            connection.close()
+        return outcome, time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - started
+    answered = [s for outcome, s in results if not outcome[:1].isdigit() and outcome[0].islower()]
+    return {"clients": clients, "requests": requests, "wall_s": round(wall, 1),
+            "outcomes": dict(Counter(outcome for outcome, _ in results).most_common()),
+            "answered": len(answered), "answer_p50_s": round(percentile(answered, 50), 1) if answered else None,
+            "slowest_s": round(max(s for _, s in results), 1)}

@@ -19,6 +19,8 @@ versions, models, provider, git commit and the exact command):
   generator  SmolLM2-135M-Instruct (local bundle): TTFT and decode tokens/s at batch 1/4/8, fp32 vs 4-bit
              graphs vs llama.cpp on the same GGUF (bench/llm.py), greedy agreement, memory per replica;
              and tokens/s with and without KV cache on the tests' decoder layout
+  burst      the dev config as `make run` deploys it (language model, 128 tokens): 128 requests of the
+             README question from 64 clients at once, how each ended (answer mode, 503, 504) and when
   quality    recall@1/@3 and MRR on bench/questions.yaml: BM25 alone, + fp32 rerank, + int8 rerank
 
 Servers listen on 127.0.0.1 only and are started and stopped by this script; load is closed-loop,
@@ -39,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, ROOT, print_table, provenance, write_report
 from questions import load_questions
 
-SECTIONS = ("pipeline", "floor", "dataplane", "batching", "reranker", "generator", "generation", "quality")
+SECTIONS = ("pipeline", "floor", "dataplane", "batching", "reranker", "generator", "generation", "burst",
+            "quality")
 LEVELS = [1, 8, 32, 64]
 SHORT_LEVELS = [1, 32]
 # Candidate settings measured against the committed dev config in the same run (bench only; what
@@ -341,6 +344,20 @@ def generation(args: argparse.Namespace) -> dict[str, Any]:
             "overrides": GENERATION_OVERRIDES, "warmup_s": warmup, "seconds_per_level": seconds}
 
 
+def burst(args: argparse.Namespace) -> dict[str, Any]:
+    """More than the Generator's batch can write in a stage's budget, at once: the requests the ingress
+    admits get an answer (the model's, or the extractive fallback saying why), the rest a 503."""
+    from generation import burst as send_burst
+    from repoctl.local_run import EXAMPLE_QUESTION
+    from servers import child_server
+
+    with child_server("serve", port=args.port, bundle=args.bundle, env=args.env):
+        row = send_burst(args.port, EXAMPLE_QUESTION, clients=64, requests=128)
+    print_table("burst: 128 requests from 64 clients at once, dev config as `make run` (language model)",
+                [{**{k: v for k, v in row.items() if k != "outcomes"}, **row["outcomes"]}])
+    return {"row": row, "env": args.env, "question": EXAMPLE_QUESTION}
+
+
 def quality(args: argparse.Namespace) -> dict[str, Any]:
     import kernels
     from quality import evaluate
@@ -415,7 +432,8 @@ def main() -> int:
         return 2
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     functions = {"pipeline": pipeline, "floor": floor, "dataplane": dataplane, "batching": batching,
-                 "reranker": reranker, "generator": generator, "generation": generation, "quality": quality}
+                 "reranker": reranker, "generator": generator, "generation": generation, "burst": burst,
+                 "quality": quality}
     for section in args.sections or SECTIONS:
         info = provenance(args.bundle)
         print(f"\n## {section}  (commit {info['git_commit']}, {info['machine']['cpus']} CPUs, "
