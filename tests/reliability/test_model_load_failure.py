@@ -6,14 +6,11 @@ fires in promtool on exactly that series (the metric the live run exports, not a
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pytest
-import yaml
 from live import deploy_dev, dev_config, request, scrape_series
+from promtest import NAMESPACE, alert_fires_on, selector
 from repoctl.local_run import deploy
-from repoctl.paths import tool
-from repoctl.promql import rule_groups
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -64,34 +61,19 @@ def test_the_alert_fires_on_the_series_the_live_run_exports(broken, rendered, tm
     labels, value = series[0]
     assert value >= 1 and labels["deployment"] == "Reranker" and labels["application"] == "support-assistant"
     # What the PodMonitor's scrape adds in a cluster; everything else exactly as Ray exported it.
-    labels = {**labels, "namespace": "support-assistant"}
-    selector = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups(rendered["dev"])}, sort_keys=False))
-    (tmp_path / "live.test.yaml").write_text(yaml.safe_dump({
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [{"series": f"{METRIC}{{{selector}}}", "values": f"_x10 {value:g}x30"}],
-            "alert_rule_test": [{
-                "eval_time": "20m",
-                "alertname": "SupportAssistantModelLoadFailure",
-                "exp_alerts": [{
-                    "exp_labels": {"namespace": "support-assistant", "application": "support-assistant",
-                                   "deployment": "Reranker", "model": "reranker", "layer": "application",
-                                   "severity": "critical"},
-                    "exp_annotations": {
-                        "summary": "Deployment support-assistant/Reranker failed to load model reranker.",
-                        "description": "Replicas of deployment Reranker (application support-assistant, RayService "
-                                       "support-assistant, namespace support-assistant) failed to load reranker "
-                                       "from the model bundle in the last 15 minutes.",
-                        "runbook_url": "https://github.com/acme-platform/support-assistant-gitops/blob/main/docs/"
-                                       "runbooks/SupportAssistantModelLoadFailure.md",
-                    },
-                }],
-            }],
-        }],
-    }, sort_keys=False))
-    result = subprocess.run([tool("promtool"), "test", "rules", "live.test.yaml"], cwd=tmp_path,
-                            capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"{selector}\n{result.stdout}{result.stderr}"
+    labels = {**labels, "namespace": NAMESPACE}
+    result = alert_fires_on(rendered["dev"], [{"series": selector(METRIC, labels), "values": f"_x10 {value:g}x30"}],
+                            "SupportAssistantModelLoadFailure", "20m", [{
+        "exp_labels": {"namespace": "support-assistant", "application": "support-assistant",
+                       "deployment": "Reranker", "model": "reranker", "layer": "application",
+                       "severity": "critical"},
+        "exp_annotations": {
+            "summary": "Deployment support-assistant/Reranker failed to load model reranker.",
+            "description": "Replicas of deployment Reranker (application support-assistant, RayService "
+                           "support-assistant, namespace support-assistant) failed to load reranker "
+                           "from the model bundle in the last 15 minutes.",
+            "runbook_url": "https://github.com/acme-platform/support-assistant-gitops/blob/main/docs/"
+                           "runbooks/SupportAssistantModelLoadFailure.md",
+        },
+    }], tmp_path)
+    assert result.returncode == 0, f"{selector(METRIC, labels)}\n{result.stdout}{result.stderr}"

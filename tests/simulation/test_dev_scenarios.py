@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from promtest import NAMESPACE, alert_fires_on, selector
 from repoctl.simulation.processes import living
+from repoctl.simulation.scenarios import UNFULFILLABLE
 
 # Above the fixture's own limit on the run (conftest.RUN_LIMIT_S) and the child's teardown.
 pytestmark = [pytest.mark.simulation, pytest.mark.timeout(900)]
@@ -110,6 +112,57 @@ def test_after_the_load_replicas_and_workers_fall_back_to_their_minimums(dev_sim
     print(f"\nscale down: replicas at min {down['replicas_at_min_after_load_s']} s after the load; idle workers "
           f"removed {scale_in['idle_workers_removed_after_s']} s after the app was deleted "
           f"(idle timeout {shortened['simulation']} s, overlay {shortened['overlay']} s)")
+
+
+def test_a_generator_no_worker_can_hold_stays_pending_and_readyz_the_autoscaler_and_its_alert_say_so(
+        dev_simulation, rendered, tmp_path: Path) -> None:
+    stuck = dev_simulation.scenario("oversized_generator")
+    change, groups = stuck["change"], dev_simulation.report["overlay"]["groups"]
+    assert change["to"] > change["gpus_per_worker"] == groups["gpu"]["resources"]["GPU"]
+    generator = stuck["replicas"]["Generator"]
+    assert generator["running"] == 0 and generator["pending"] >= 1, stuck["replicas"]
+    deployments = dev_simulation.report["overlay"]["deployments"]
+    assert all(stuck["replicas"][d]["running"] >= spec["min"] for d, spec in deployments.items() if d != "Generator")
+    # The autoscaler names the demand no node type can meet, and launches nothing for it.
+    assert any(f"'GPU': {float(change['to'])}" in e["message"] and UNFULFILLABLE in e["message"]
+               for e in stuck["autoscaler_events"]) or any(
+        d["resources"].get("GPU") == change["to"] for d in stuck["infeasible_demands"]), stuck
+    demands = stuck["pending_demands"] + stuck["infeasible_demands"]
+    assert any(d["resources"].get("GPU") == change["to"] for d in demands), demands
+    assert "gpu" not in stuck["pending_launches"], stuck["pending_launches"]
+    assert all(n <= groups[g]["max"] for g, n in stuck["nodes"].items() if g != "head"), stuck["nodes"]
+    readyz = stuck["readyz"]
+    assert readyz["status"] == 503 and readyz["retry_after"], readyz
+    assert readyz["body"]["status"] == "not_ready" and readyz["body"]["stages"]["generator"]["running_replicas"] == 0
+    assert stuck["app_status"] == "DEPLOYING" and stuck["generator_status"]["replica_states"].get("RUNNING", 0) == 0
+
+    # The series Serve's controller exported for the Generator, as scraped from the head, into promtool.
+    exported = stuck["series"]
+    target = [x for x in exported if x["name"] == "ray_serve_autoscaling_target_replicas"]
+    assert target and target[0]["value"] == deployments["Generator"]["min"], exported
+    assert all(x["value"] == 0 for x in exported if x["name"] == "ray_serve_deployment_replica_healthy"), exported
+    scraped = {"namespace": NAMESPACE, "ray_io_cluster": "support-assistant-simulated"}
+    # Held for an hour as scraped: dev's rule waits 30 minutes (`for`, overlays/dev) before it fires.
+    input_series = [{"series": selector(x["name"], {**x["labels"], **scraped}), "values": f"{x['value']:g}x60"}
+                    for x in exported]
+    result = alert_fires_on(rendered["dev"], input_series, "ServeReplicasBelowTarget", "45m", [{
+        "exp_labels": {"namespace": NAMESPACE, "ray_io_cluster": "support-assistant-simulated",
+                       "application": "support-assistant", "deployment": "Generator", "layer": "serve",
+                       "severity": "warning"},
+        "exp_annotations": {
+            "summary": "Serve deployment support-assistant/Generator has fewer healthy replicas than its target of 1.",
+            "description": "Deployment Generator of application support-assistant (RayService support-assistant, "
+                           "namespace support-assistant, RayCluster support-assistant-simulated) has stayed below "
+                           "its target of 1 healthy replicas; replicas are unhealthy, starting or unplaceable.",
+            "runbook_url": "https://github.com/acme-platform/support-assistant-gitops/blob/main/docs/runbooks/"
+                           "ServeReplicasBelowTarget.md",
+        },
+    }], tmp_path)
+    assert result.returncode == 0, f"{input_series}\n{result.stdout}{result.stderr}"
+    print(f"\nmisconfigured Generator ({change['field']} {change['from']} -> {change['to']} on "
+          f"{change['gpus_per_worker']}-GPU workers): stuck after {stuck['stuck_after_s']} s; "
+          f"autoscaler: {[e['message'] for e in stuck['autoscaler_events'][:1]] or stuck['infeasible_demands']}; "
+          f"/readyz {readyz['status']}; ServeReplicasBelowTarget fires on {[x['name'] for x in exported]}")
 
 
 def _cmdline_has(proc: Path, marker: bytes) -> bool:

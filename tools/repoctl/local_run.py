@@ -146,8 +146,9 @@ def start_ray(num_cpus: int, metrics_port: int | None = None, token_file: Path =
     )
 
 
-def deploy(config: dict, timeout_s: float = 300) -> None:
-    """Deploy a Serve config (as KubeRay does through the dashboard) and wait until it runs."""
+def deploy(config: dict, timeout_s: float = 300, wait: bool = True) -> None:
+    """Deploy a Serve config (as KubeRay does through the dashboard) and, unless not `wait`, wait until
+    it runs."""
     from ray import serve
     from ray.serve._private import api as serve_private_api
     from ray.serve.config import gRPCOptions
@@ -161,6 +162,8 @@ def deploy(config: dict, timeout_s: float = 300) -> None:
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
     )
     client.deploy_apps(schema, _blocking=False)
+    if not wait:
+        return
     names = [app.name for app in schema.applications]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ramp-clients", type=_clients, default=(4, 16, 48),
                         help="closed-loop clients at each step of the ramp, comma-separated (default: 4,16,48)")
     parser.add_argument("--no-node-loss", action="store_true")
+    parser.add_argument("--no-misconfigurations", action="store_true",
+                        help="skip the misconfigured Generator at the end (simulation/misconfigurations.py)")
     parser.add_argument("--language-model", action="store_true",
                         help="keep the overlay's language model in the Generator (default: extractive; seconds of "
                              "decoding per answer on this machine's cores would hide the scaling)")
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or ROOT / ".cache" / "simulate" / args.overlay
     settings = Settings(args.overlay, args.bundle, idle_timeout_s=args.idle_timeout_s, ramp_step_s=args.ramp_step_s,
                         ramp_clients=args.ramp_clients, node_loss=not args.no_node_loss,
+                        misconfigurations=not args.no_misconfigurations,
                         language_model=args.language_model)
     try:
         result = simulate(settings, on_event=lambda line: print(line, flush=True))

@@ -5,9 +5,11 @@ actor table), the resource demands nobody can place yet, and every node's Promet
 from __future__ import annotations
 
 import contextlib
+import json
 import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID, FAKE_HEAD_NODE_TYPE
@@ -136,6 +138,21 @@ def snapshot(t: float, gcs_address: str) -> Snapshot:
 
 
 _node_types: dict[str, str] = {}
+
+
+def autoscaler_events(temp_dir: Path, containing: str = "") -> list[dict[str, Any]]:
+    """The autoscaler's events (its own log of them, events/event_AUTOSCALER.log in the session's
+    logs: what `ray list cluster-events` shows where a dashboard runs), those whose message contains
+    `containing`: [{t (seconds since the epoch), message}]."""
+    path = temp_dir / "session_latest" / "logs" / "events" / "event_AUTOSCALER.log"
+    found = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                event = json.loads(line)
+                if containing in event["message"]:
+                    found.append({"t": int(event["timestamp"]), "message": event["message"]})
+    return found
 
 
 def scrape(port: int, timeout_s: float = 5.0) -> str:

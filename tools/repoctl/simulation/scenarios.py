@@ -1,6 +1,7 @@
 """The scenarios, in order, on one simulated cluster: deploy and placement at minimum, scale up
-under a bounded load ramp, scale down, a GPU worker lost under load, and the cluster scaling in
-once the app is gone. Each records what it measured; report.py writes it down and draws it, and
+under a bounded load ramp, scale down, a GPU worker lost under load, the cluster scaling in
+once the app is gone, and a misconfigured Generator that no worker can hold
+(misconfigurations.py). Each records what it measured; report.py writes it down and draws it, and
 the tests (tests/simulation) decide what passes.
 
 What is changed from the overlay, and nothing else, is listed in the report's `shortened` and
@@ -12,6 +13,8 @@ upscale/downscale delays), what one machine needs (loopback, ports, the local bu
 from __future__ import annotations
 
 import copy
+import http.client
+import json
 import os
 import signal
 import socket
@@ -26,7 +29,8 @@ from repoctl.local_run import deploy
 from repoctl.render import find, ray_serve_env_of, render_overlay, serve_config_of
 from repoctl.simulation.cluster import LOOPBACK, SimulatedCluster, SimulationError, derive_autoscaling_config
 from repoctl.simulation.load import Load, summarize
-from repoctl.simulation.observe import Sampler, Snapshot
+from repoctl.simulation.misconfigurations import GENERATOR, REPLICA_SERIES, oversized_generator, series
+from repoctl.simulation.observe import Sampler, Snapshot, autoscaler_events, scrape
 from repoctl.simulation.processes import raylet_of
 from repoctl.sockets import is_loopback, listeners
 
@@ -44,6 +48,9 @@ REPLICA_TITLE = "ray::ServeReplica:"
 # data-plane sections (EXTRACTIVE) and tests/reliability/live.py. The placement is unchanged: the
 # Generator still asks for the overlay's num_gpus and runs on a GPU worker.
 EXTRACTIVE = {"use_language_model": False}
+# How Ray's autoscaler words a resource request that no node type can hold (v1: autoscaler/_private/
+# autoscaler.py, once per 30 s; v2: autoscaler/v2/event_logger.py), in its event's message.
+UNFULFILLABLE = "No available node types can fulfill resource request"
 
 
 @dataclass
@@ -61,6 +68,7 @@ class Settings:
     deploy_timeout_s: float = 300.0
     settle_timeout_s: float = 120.0
     node_loss: bool = True
+    misconfigurations: bool = True
 
 
 @dataclass
@@ -221,6 +229,8 @@ def simulate(settings: Settings, on_event: Callable[[str], None] = print) -> Run
             _node_loss(run, cluster, deployments, sampler, started, event)
             _listening(run, cluster, "after node loss")
         _scale_in(run, sampler, event)
+        if settings.misconfigurations:
+            _oversized_generator(run, simulated, cluster, http_port, deployments, sampler, event)
     except (SimulationError, RuntimeError, TimeoutError) as exc:
         run.error = f"{type(exc).__name__}: {exc}"
         event("failed", error=run.error)
@@ -375,3 +385,81 @@ def _scale_in(run: Run, sampler: Sampler, event: Callable[..., float]) -> None:
     run.scenarios["scale_in"] = {"idle_workers_removed_after_s": round(t_in - t_delete, 1),
                                  "idle_timeout_s": run.settings.idle_timeout_s, "nodes": sampler.latest().groups()}
 
+
+
+def _oversized_generator(run: Run, simulated: dict, cluster: SimulatedCluster, port: int, deployments: dict,
+                         sampler: Sampler, event: Callable[..., float]) -> None:
+    """Deploy the app again with a Generator that asks for more GPUs than any worker has: every other
+    stage reaches its minimum, the Generator's replica stays pending, and the autoscaler reports its
+    demand as infeasible. Records what /readyz, Serve's status and the head's metrics say then."""
+    from ray import serve
+
+    mutated, change = oversized_generator(simulated, run.overlay["groups"])
+    t0 = event("misconfigured deploy", **change)
+    deploy(mutated, wait=False)
+
+    def refusals() -> list[dict[str, Any]]:
+        # Autoscaler v1 names a demand no node type can hold in an event (v2 also lists it as infeasible).
+        return [e for e in autoscaler_events(cluster.temp_dir, UNFULFILLABLE) if f"'GPU': {float(change['to'])}"
+                in e["message"] and e["t"] >= wall_t0 - 1]
+
+    def stuck() -> Snapshot | None:
+        s = sampler.latest()
+        by = s.replicas_by_deployment()
+        others = all(by.get(d, {}).get("running", 0) >= spec["min"]
+                     for d, spec in deployments.items() if d != GENERATOR)
+        generator = by.get(GENERATOR, {})
+        said = refusals() or any(d["resources"].get("GPU", 0) >= change["to"] for d in s.infeasible_demands)
+        return s if others and said and generator.get("running", 0) == 0 and generator.get("pending", 0) else None
+
+    wall_t0 = time.time()
+    snap = _wait("every stage but the Generator running, the autoscaler saying no node type fits it", stuck,
+                 run.settings.deploy_timeout_s)
+    t_stuck = event("Generator unplaceable")
+    # The series come from the Serve controller through the head's metrics agent, every few seconds.
+    head_port = cluster.metrics_ports["head"]
+
+    def exported() -> list[dict[str, Any]]:
+        found = [x for x in series(_scrape_or_empty(head_port)) if x["labels"].get("deployment") == GENERATOR]
+        return found if {x["name"] for x in found} >= {REPLICA_SERIES[0]} else []
+
+    generator_series = _wait("Serve's replica series for the Generator on the head's metrics", exported, 60, 2)
+    status = serve.status().applications.get("support-assistant")
+    generator_status = status.deployments.get(GENERATOR) if status else None
+    readyz = _http_get(port, "/readyz")
+    run.scenarios["oversized_generator"] = {
+        "change": change, "stuck_after_s": round(t_stuck - t0, 1),
+        "replicas": snap.replicas_by_deployment(), "nodes": snap.groups(),
+        "pending_demands": snap.pending_demands, "infeasible_demands": snap.infeasible_demands,
+        "pending_launches": snap.pending_launches, "autoscaler_events": refusals()[:3],
+        "app_status": status.status if status else None,
+        "generator_status": {"status": generator_status.status, "message": generator_status.message,
+                             "replica_states": dict(generator_status.replica_states)} if generator_status else None,
+        "readyz": readyz, "series": generator_series}
+    serve.delete("support-assistant")
+    event("misconfigured app deleted")
+
+
+def _scrape_or_empty(port: int) -> str:
+    try:
+        return scrape(port)
+    except OSError:
+        return ""
+
+
+def _http_get(port: int, path: str) -> dict[str, Any]:
+    """{status, body} of GET 127.0.0.1:port/path (body parsed as JSON where it is)."""
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        raw = response.read().decode(errors="replace")
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = raw[:2000]
+        return {"status": response.status, "retry_after": response.getheader("Retry-After"), "body": body}
+    except OSError as exc:
+        return {"status": None, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        connection.close()
