@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import re
 
-# Metric names in a PromQL expression: identifiers not followed by "(" and not a keyword or a label.
+# Metric names in a PromQL expression: identifiers not followed by "(" and not a keyword or a label
+# (aggregations count too: `sum by (a) (...)` puts its grouping before the parenthesis).
 _PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
+    "quantile", "limitk", "limit_ratio",
     "by",
     "without",
     "on",
@@ -40,7 +43,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
     expr = re.sub(r"\"[^\"]*\"", "", expr)
-    names = set(re.findall(r"(?<![\w:.])([a-zA-Z_:][\w:]*)(?!\s*\()", expr))
+    names = set(re.findall(r"(?<![\w:.])([a-zA-Z_:][\w:]*)(?![\w:])(?!\s*\()", expr))
     # Grouping label lists: by (a, b) / on (a) ...
     for labels in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
         names -= {label.strip() for label in labels.split(",")}

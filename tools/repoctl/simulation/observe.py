@@ -192,3 +192,45 @@ class Sampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(30)
+
+
+# The cluster-wide series the head's reporter agent exports from the autoscaler's report (Ray 2.60
+# dashboard/modules/reporter/reporter_agent.py), which the KubeRay-layer alerts read.
+CLUSTER_SERIES = ("ray_cluster_active_nodes", "ray_cluster_pending_nodes", "ray_cluster_failed_nodes")
+
+
+class MetricsWatch:
+    """Scrapes the head's metrics port every `period_s` in a background thread: every metric name it
+    ever exported (`names`), and the largest value each CLUSTER_SERIES sample reached, by node type
+    (`peaks`: {name: {node_type: value}})."""
+
+    def __init__(self, port: int, period_s: float = 2.0) -> None:
+        import threading
+
+        self.port, self.period_s = port, period_s
+        self.names: set[str] = set()
+        self.peaks: dict[str, dict[str, float]] = {}
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import re
+
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):
+                text = scrape(self.port)
+                self.scrapes += 1
+                self.names |= set(re.findall(r"^([a-zA-Z_:][\w:]*)[{ ]", text, re.M))
+                for name in CLUSTER_SERIES:
+                    for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
+                        node_type = dict(re.findall(r'(\w+)="([^"]*)"', labels)).get("node_type", "")
+                        peak = self.peaks.setdefault(name, {})
+                        peak[node_type] = max(peak.get(node_type, 0.0), float(value))
+            self._stop.wait(self.period_s)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(30)
+        return {"scrapes": self.scrapes, "names": sorted(self.names), "cluster_series_peaks": self.peaks}

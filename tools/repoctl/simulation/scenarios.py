@@ -30,7 +30,7 @@ from repoctl.render import find, ray_serve_env_of, render_overlay, serve_config_
 from repoctl.simulation.cluster import LOOPBACK, SimulatedCluster, SimulationError, derive_autoscaling_config
 from repoctl.simulation.load import Load, summarize
 from repoctl.simulation.misconfigurations import GENERATOR, REPLICA_SERIES, oversized_generator, series
-from repoctl.simulation.observe import Sampler, Snapshot, autoscaler_events, scrape
+from repoctl.simulation.observe import MetricsWatch, Sampler, Snapshot, autoscaler_events, scrape
 from repoctl.simulation.processes import raylet_of
 from repoctl.sockets import is_loopback, listeners
 
@@ -202,6 +202,7 @@ def simulate(settings: Settings, on_event: Callable[[str], None] = print) -> Run
     cluster = SimulatedCluster(rayservice, settings.idle_timeout_s, extra_env)
     started = time.monotonic()
     sampler: Sampler | None = None
+    metrics: MetricsWatch | None = None
 
     def event(what: str, **details: Any) -> float:
         t = round(time.monotonic() - started, 2)
@@ -222,6 +223,7 @@ def simulate(settings: Settings, on_event: Callable[[str], None] = print) -> Run
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _interrupt)
         sampler = Sampler(cluster.gcs_address, started)
+        metrics = MetricsWatch(cluster.metrics_ports["head"])
         _placement(run, simulated, deployments, sampler, event)
         _listening(run, cluster, "at min_replicas")
         _scale_up_and_down(run, http_port, deployments, sampler, started, event)
@@ -243,6 +245,8 @@ def simulate(settings: Settings, on_event: Callable[[str], None] = print) -> Run
         if sampler is not None:
             sampler.stop()
             run.timeline = sampler.snapshots
+        if metrics is not None:
+            run.local["head_metrics"] = metrics.stop()
         run.leftover_pids = cluster.stop(keep_logs=run.error is not None)
         if run.error:
             run.local["logs"] = str(cluster.temp_dir)
