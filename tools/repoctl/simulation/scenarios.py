@@ -390,16 +390,15 @@ def _scale_in(run: Run, sampler: Sampler, event: Callable[..., float]) -> None:
                                  "idle_timeout_s": run.settings.idle_timeout_s, "nodes": sampler.latest().groups()}
 
 
-
 def _oversized_generator(run: Run, simulated: dict, cluster: SimulatedCluster, port: int, deployments: dict,
                          sampler: Sampler, event: Callable[..., float]) -> None:
     """Deploy the app again with a Generator that asks for more GPUs than any worker has: every other
-    stage reaches its minimum, the Generator's replica stays pending, and the autoscaler reports its
-    demand as infeasible. Records what /readyz, Serve's status and the head's metrics say then."""
+    stage reaches its minimum, the Generator's replica stays pending, and the autoscaler says that no
+    node type can hold it. Records what /readyz, Serve's status and the head's metrics say then."""
     from ray import serve
 
     mutated, change = oversized_generator(simulated, run.overlay["groups"])
-    t0 = event("misconfigured deploy", **change)
+    t0, wall_t0 = event("misconfigured deploy", **change), time.time()
     deploy(mutated, wait=False)
 
     def refusals() -> list[dict[str, Any]]:
@@ -416,7 +415,6 @@ def _oversized_generator(run: Run, simulated: dict, cluster: SimulatedCluster, p
         said = refusals() or any(d["resources"].get("GPU", 0) >= change["to"] for d in s.infeasible_demands)
         return s if others and said and generator.get("running", 0) == 0 and generator.get("pending", 0) else None
 
-    wall_t0 = time.time()
     snap = _wait("every stage but the Generator running, the autoscaler saying no node type fits it", stuck,
                  run.settings.deploy_timeout_s)
     t_stuck = event("Generator unplaceable")
